@@ -1,0 +1,13 @@
+"""signgd-jax: ANN-to-SNN conversion with sign-gradient-descent neuronal dynamics.
+
+    snn = signgd_jax.convert(model, variables, calibration_batches, dynamics="paper")
+    logits = signgd_jax.simulate(snn, images, timestamps=(8, 32, 128))   # [3, batch, classes]
+"""
+from signgd_jax import nn
+from signgd_jax.convert import MODES, SNN, convert
+from signgd_jax.dynamics import Schedule, make_schedule, neuron_trajectory
+from signgd_jax.interpret import UnsupportedOperation
+from signgd_jax.simulate import simulate
+
+__all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Schedule", "make_schedule",
+           "UnsupportedOperation", "MODES"]

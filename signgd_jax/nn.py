@@ -1,0 +1,282 @@
+"""Convertible nonlinearities: the places where a trained network gets spiking neurons.
+
+Every nonlinearity of a convertible model goes through one JAX primitive, ``signgd_site``.
+Evaluated normally (eager, ``jit``, ``grad``, ``vmap``) it *is* the ANN operation, so a model
+written with these functions trains like any Flax model. The converter traces the model to a
+jaxpr, finds the sites, and replaces each one by a signGD neuron (see ``signgd_jax.dynamics``);
+everything between sites must be affine in the network input (convolutions, dense layers,
+BatchNorm in eval mode, residual adds, pooling by averaging, reshapes).
+
+Elementary sites (one neuron per element):
+
+=============  ======  =========================================  =========================
+kind           inputs  ANN operation                              neuron target ``phi``
+=============  ======  =========================================  =========================
+relu           1       ``max(x, 0)``                              same
+leaky_relu     1       ``x if x >= 0 else a*x``                   same
+gelu           1       exact / tanh GELU (``approximate``)        ``x*sigmoid(1.702 x)``
+abs            1       ``|x|``                                    same
+square         1       ``x**2``                                   same
+exp            1       ``exp(x)``                                 same
+maximum        2       ``max(x1, x2)``                            same
+product        2       ``x1 * x2``                                same
+rsqrt_mul      2       ``x1 / sqrt(x2)``                          same (fires only if x2>0)
+divide         2       ``x1 / x2``                                same (compares x2*v, x1)
+=============  ======  =========================================  =========================
+
+Composite operators are plain JAX code over elementary sites, exactly the paper's
+decompositions: :func:`max_pool` (binary max neurons, first along the height, then along the
+width) and :func:`layer_norm` (linear centring, a square neuron, a linear mean plus eps, an
+``x1/sqrt(x2)`` neuron, a linear affine). Their ANN values equal the usual operators to float
+tolerance.
+
+Plain ``jax.nn.relu`` / ``flax.linen.relu`` (``max(x, 0)``) are recognised as ReLU sites too.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+UNARY_KINDS = ("relu", "leaky_relu", "gelu", "abs", "square", "exp")
+BINARY_KINDS = ("maximum", "product", "rsqrt_mul", "divide")
+SITE_KINDS = UNARY_KINDS + BINARY_KINDS
+
+
+def _gelu_ann(x, approximate="tanh"):
+    if approximate == "sigmoid":
+        return x * jax.nn.sigmoid(1.702 * x)
+    return jax.nn.gelu(x, approximate=(approximate == "tanh"))
+
+
+ANN_OPS = {
+    "relu": lambda x: jnp.maximum(x, 0),
+    "leaky_relu": lambda x, negative_slope=0.01: jnp.where(x >= 0, x, negative_slope * x),
+    "gelu": _gelu_ann,
+    "abs": jnp.abs,
+    "square": jnp.square,
+    "exp": jnp.exp,
+    "maximum": jnp.maximum,
+    "product": jnp.multiply,
+    "rsqrt_mul": lambda x1, x2: x1 * jax.lax.rsqrt(x2),
+    "divide": jnp.divide,
+}
+
+
+def ann_op(kind: str, options: tuple = ()):
+    """The ANN function of a site ``kind`` with its hashable ``options`` ((key, value) pairs)."""
+    return partial(ANN_OPS[kind], **dict(options))
+
+
+site_p = Primitive("signgd_site")
+
+
+def _site_impl(*args, kind, options):
+    return ann_op(kind, options)(*args)
+
+
+def _site_abstract(*avals, kind, options):
+    return jax.core.ShapedArray(avals[0].shape, avals[0].dtype)
+
+
+def _site_jvp(primals, tangents, *, kind, options):
+    # Differentiation sees the plain ANN operation: training never needs the site marker.
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(ann_op(kind, options), tuple(primals), tuple(tangents))
+
+
+def _site_batch(args, dims, *, kind, options):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    return site_p.bind(*moved, kind=kind, options=options), 0
+
+
+site_p.def_impl(_site_impl)
+site_p.def_abstract_eval(_site_abstract)
+mlir.register_lowering(site_p, mlir.lower_fun(_site_impl, multiple_results=False))
+ad.primitive_jvps[site_p] = _site_jvp
+batching.primitive_batchers[site_p] = _site_batch
+
+
+def site(kind: str, *inputs, **options):
+    """Binds one elementary site; inputs of binary sites are broadcast to one shape."""
+    if kind not in SITE_KINDS:
+        raise ValueError(f"unknown site kind {kind!r}; supported: {', '.join(SITE_KINDS)}")
+    expected = 1 if kind in UNARY_KINDS else 2
+    if len(inputs) != expected:
+        raise ValueError(f"site {kind!r} takes {expected} input(s), got {len(inputs)}")
+    inputs = [jnp.asarray(x) for x in inputs]
+    dtype = jnp.result_type(*inputs)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    shape = jnp.broadcast_shapes(*[x.shape for x in inputs])
+    inputs = [jnp.broadcast_to(x.astype(dtype), shape) for x in inputs]
+    return site_p.bind(*inputs, kind=kind, options=tuple(sorted(options.items())))
+
+
+# ----------------------------------------------------------------------------- functions
+def relu(x):
+    return site("relu", x)
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    return site("leaky_relu", x, negative_slope=float(negative_slope))
+
+
+def gelu(x, approximate: bool | str = True):
+    """GELU whose neuron tracks ``x * sigmoid(1.702 x)`` (the paper's approximation).
+
+    ``approximate``: True / 'tanh' (Flax's default), False / 'exact' (erf), or 'sigmoid'
+    (the ANN then computes exactly what the neuron tracks).
+    """
+    mode = {True: "tanh", False: "exact"}.get(approximate, approximate)
+    if mode not in ("tanh", "exact", "sigmoid"):
+        raise ValueError(f"gelu approximate must be True, False, 'tanh', 'exact' or 'sigmoid', got {approximate!r}")
+    return site("gelu", x, approximate=mode)
+
+
+def abs(x):  # noqa: A001 - mirrors jnp.abs
+    return site("abs", x)
+
+
+def square(x):
+    return site("square", x)
+
+
+def exp(x):
+    return site("exp", x)
+
+
+def maximum(x1, x2):
+    return site("maximum", x1, x2)
+
+
+def product(x1, x2):
+    return site("product", x1, x2)
+
+
+def rsqrt_mul(x1, x2):
+    """``x1 / sqrt(x2)`` as one binary neuron (LayerNorm's normalisation)."""
+    return site("rsqrt_mul", x1, x2)
+
+
+def divide(x1, x2):
+    return site("divide", x1, x2)
+
+
+def _pool_axis(x, axis: int, window: int, stride: int, pad: tuple[int, int]):
+    """Max over windows along one axis as a chain of binary max neurons."""
+    if pad != (0, 0):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = pad
+        x = jnp.pad(x, widths, constant_values=-1e9)  # padding never wins a max
+    count = (x.shape[axis] - window) // stride + 1
+
+    def offset(k):
+        start = [0] * x.ndim
+        limit = list(x.shape)
+        strides = [1] * x.ndim
+        start[axis] = k
+        limit[axis] = k + (count - 1) * stride + 1
+        strides[axis] = stride
+        return jax.lax.slice(x, start, limit, strides)
+
+    out = offset(0)
+    for k in range(1, window):
+        out = maximum(out, offset(k))
+    return out
+
+
+def _pads(padding, window, size, stride):
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return (0, 0)
+        if padding.upper() == "SAME":
+            out = -(-size // stride)
+            total = max((out - 1) * stride + window - size, 0)
+            return (total // 2, total - total // 2)
+        raise ValueError(f"padding must be 'VALID', 'SAME' or pairs, got {padding!r}")
+    return tuple(padding)
+
+
+def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | None = None, padding="VALID"):
+    """Max-pooling of an NHWC array as binary max neurons: first along H, then along W.
+
+    For a 2x2 window row 2i meets row 2i+1 (giving H/2), then column 2j meets column 2j+1.
+    Larger windows chain the pairs in the same order; padding uses -1e9.
+    """
+    strides = tuple(strides or window_shape)
+    window_shape = tuple(window_shape)
+    if isinstance(padding, str):
+        pads = [_pads(padding, w, x.shape[1 + i], s) for i, (w, s) in enumerate(zip(window_shape, strides))]
+    else:
+        pads = [tuple(p) for p in padding]
+    for i, (w, s, p) in enumerate(zip(window_shape, strides, pads)):
+        x = _pool_axis(x, 1 + i, w, s, p)
+    return x
+
+
+def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6):
+    """LayerNorm over the last axis, decomposed: ``c = x - mean(x)`` (linear), ``c**2`` (square
+    neuron), ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron), scale/shift."""
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.mean(square(centred), axis=-1, keepdims=True) + epsilon
+    y = rsqrt_mul(centred, variance)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+# ----------------------------------------------------------------------------- modules
+class ReLU(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return relu(x)
+
+
+class LeakyReLU(nn.Module):
+    negative_slope: float = 0.01
+
+    @nn.compact
+    def __call__(self, x):
+        return leaky_relu(x, self.negative_slope)
+
+
+class GELU(nn.Module):
+    approximate: bool | str = True
+
+    @nn.compact
+    def __call__(self, x):
+        return gelu(x, self.approximate)
+
+
+class MaxPool(nn.Module):
+    window_shape: Sequence[int] = (2, 2)
+    strides: Sequence[int] | None = None
+    padding: str | Sequence[tuple[int, int]] = "VALID"
+
+    @nn.compact
+    def __call__(self, x):
+        return max_pool(x, self.window_shape, self.strides, self.padding)
+
+
+class LayerNorm(nn.Module):
+    """Drop-in for ``flax.linen.LayerNorm`` (same parameter names ``scale`` and ``bias``)."""
+
+    epsilon: float = 1e-6
+    use_scale: bool = True
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,)) if self.use_scale else None
+        bias = self.param("bias", nn.initializers.zeros, (features,)) if self.use_bias else None
+        return layer_norm(x, scale, bias, self.epsilon)
