@@ -190,6 +190,8 @@ def neuron_trajectory(kind: str, x, num_steps: int, *, mode: str = "paper", sche
     (integrate-and-fire rate neuron of the baseline, relu only). ``schedule``: a name, a
     :class:`Schedule` or an optax schedule. The returned values are in the units of ``phi``.
     """
+    if kind not in UNARY_KINDS:
+        raise ValueError(f"no single-input neuron {kind!r}; supported: {', '.join(UNARY_KINDS)}")
     x = jnp.asarray(x, jnp.float32)
     if mode == "if":
         if kind != "relu":
