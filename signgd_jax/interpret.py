@@ -86,11 +86,13 @@ def _bind(eqn, values):
 
 
 def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: Callable,
-        counter: list | None = None):
+        counter: list | None = None, affine_rule: Callable | None = None):
     """Evaluates ``closed`` on ``args``; returns ``(outputs, output_is_dynamic)``.
 
     ``counter`` numbers the sites in evaluation order, which is the same for every trace of
     one model, so a site's index identifies it across batch sizes and passes.
+    ``affine_rule(eqn, values, dynamic)``, if given, evaluates the affine equations on dynamic
+    values instead (returning their outputs, or None for the ordinary evaluation).
     """
     counter = [0] if counter is None else counter
     env = {}
@@ -123,10 +125,11 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
                 inputs = [values[dyn.index(True)]]
             outs, out_dyn = [on_site(index, kind, options, inputs)], True
         elif (sub := _sub_jaxpr(eqn)) is not None:
-            outs, dyn_list = run(sub, values, dyn, on_site, counter)
+            outs, dyn_list = run(sub, values, dyn, on_site, counter, affine_rule)
             out_dyn = any(dyn_list)
         elif _affine_ok(name, dyn):
-            outs, out_dyn = _bind(eqn, values), True
+            outs = affine_rule(eqn, values, dyn) if affine_rule else None
+            outs, out_dyn = (_bind(eqn, values) if outs is None else outs), True
         else:
             hint = _HINTS.get(name)
             raise UnsupportedOperation(
@@ -147,11 +150,11 @@ def trace(apply_fn: Callable, variables, example_input) -> ClosedJaxpr:
     return jax.make_jaxpr(apply_fn)(abstract_vars, shape)
 
 
-def evaluate(apply_fn: Callable, variables, x, on_site: Callable):
+def evaluate(apply_fn: Callable, variables, x, on_site: Callable, affine_rule: Callable | None = None):
     """``apply_fn(variables, x)`` with every site replaced by ``on_site``; returns the output."""
     closed = trace(apply_fn, variables, x)
     leaves = jax.tree_util.tree_leaves(variables)
-    outs, out_dyn = run(closed, [*leaves, x], [False] * len(leaves) + [True], on_site)
+    outs, out_dyn = run(closed, [*leaves, x], [False] * len(leaves) + [True], on_site, None, affine_rule)
     if len(outs) != 1:
         raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
     return outs[0]

@@ -1,0 +1,123 @@
+"""Accuracy per time-step, firing rates, synaptic operations and an energy estimate.
+
+Synaptic operations (SOPs): a spike of a neuron costs one accumulate in every downstream unit
+it reaches, so ``SOPs = sum over neurons of spikes x fan-out``. The fan-out of every neuron is
+counted on the converted network itself: the affine map from all neuron outputs to all
+neuron inputs and the logits is evaluated with every weight replaced by its indicator
+(``w != 0``), subtractions by additions and divisions (means) by sums; the vector-Jacobian
+product of ones then counts, per neuron, the downstream accumulations its spike triggers.
+The codec's real-valued output (float codec) drives the first layer with multiply-accumulates.
+
+Energy uses the 45 nm CMOS figures of Horowitz (ISSCC 2014) that SNN papers quote:
+0.9 pJ per 32-bit float accumulate and 4.6 pJ per 32-bit float multiply-accumulate. It is an
+estimate of arithmetic only (no memory traffic), as in that literature.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from signgd_jax import interpret
+from signgd_jax.convert import SNN, site_name
+from signgd_jax.nn import ann_op
+
+ENERGY_PER_AC_PJ = 0.9
+ENERGY_PER_MAC_PJ = 4.6
+_WEIGHTED = {"mul", "dot_general", "conv_general_dilated"}
+
+
+def accuracy_per_step(logits, labels):
+    """``[len(timestamps)]`` accuracies from ``[len(timestamps), batch, classes]`` logits."""
+    return jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)[None], axis=-1)
+
+
+def _counting_rule(eqn, values, dynamic):
+    """Evaluates an affine equation with indicator weights and no cancellations."""
+    name = eqn.primitive.name
+    params = eqn.primitive.get_bind_params(eqn.params)
+    dyn_values = [v for v, d in zip(values, dynamic) if d]
+    if name in ("sub", "add", "add_any"):
+        return [dyn_values[0] + dyn_values[1] if len(dyn_values) == 2 else dyn_values[0]]
+    if name in ("neg", "div"):
+        return [values[0]]
+    if name in _WEIGHTED:
+        values = [v if d else (jnp.asarray(v) != 0).astype(jnp.float32) for v, d in zip(values, dynamic)]
+        return [eqn.primitive.bind(*values, **params)]
+    if name == "pad":
+        return [eqn.primitive.bind(values[0], jnp.zeros((), values[0].dtype), **params)]
+    return None
+
+
+def fan_out(snn: SNN, sample):
+    """Per neuron (per position of one sample) the number of downstream accumulations one
+    spike triggers; key ``"input"`` gives the codec output's fan-out (first-layer MACs)."""
+    sample = jnp.asarray(sample[:1], jnp.float32)
+    shapes = {}
+
+    def record(index, kind, options, inputs):
+        out = ann_op(kind, tuple(sorted(options.items())))(*inputs)
+        shapes[site_name(index, kind)] = out
+        return out
+
+    jax.eval_shape(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, record), snn.variables, sample)
+    zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in shapes.items()}
+
+    def downstream(site_outputs, x):
+        received = {}
+
+        def on_site(index, kind, options, inputs):
+            name = site_name(index, kind)
+            received[name] = inputs
+            return site_outputs[name]
+
+        logits = interpret.evaluate(snn.apply_fn, snn.variables, x, on_site, affine_rule=_counting_rule)
+        return received, logits
+
+    primal, pullback = jax.vjp(downstream, zeros, sample)
+    counts, input_counts = pullback(jax.tree_util.tree_map(jnp.ones_like, primal))
+    counts = {k: np.asarray(v[0]) for k, v in counts.items()}
+    counts["input"] = np.asarray(input_counts[0])
+    return counts
+
+
+def ann_macs(snn: SNN, sample) -> float:
+    """Multiply-accumulates of one ANN forward pass (from XLA's cost analysis, flops / 2)."""
+    def forward(variables, x):
+        return interpret.evaluate(snn.apply_fn, variables, x,
+                                  lambda i, k, o, ins: ann_op(k, tuple(sorted(o.items())))(*ins))
+
+    compiled = jax.jit(forward).lower(snn.variables, jnp.asarray(sample[:1], jnp.float32)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) / 2
+
+
+def spike_statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: int, sample) -> dict:
+    """Per-layer mean firing rate and SOPs per image per time-step, with the energy estimate.
+
+    ``spike_counts``: from ``simulate(..., return_spike_counts=True)`` (summed over the batch
+    and ``num_steps`` steps, per position).
+    """
+    fan = fan_out(snn, sample)
+    layers, total_sops = {}, 0.0
+    for name, counts in spike_counts.items():
+        counts = np.asarray(counts, np.float64)
+        per_image_step = counts / (num_images * num_steps)
+        sops = float(np.sum(per_image_step * fan[name]))
+        layers[name] = dict(firing_rate=float(per_image_step.mean()), sops_per_image_step=sops,
+                            neurons=int(counts.size))
+        total_sops += sops
+    # The first layer multiplies real values every step (float codec, or the baseline's image).
+    input_macs = float(np.sum(fan["input"]))
+    macs = ann_macs(snn, sample)
+    snn_energy = total_sops * ENERGY_PER_AC_PJ + input_macs * ENERGY_PER_MAC_PJ
+    return dict(
+        layers=layers,
+        sops_per_image_step=total_sops,
+        input_macs_per_image_step=input_macs,
+        energy_pj_per_image_step=snn_energy,
+        ann_macs_per_image=macs,
+        ann_energy_pj_per_image=macs * ENERGY_PER_MAC_PJ,
+        energy_costs_pj=dict(accumulate=ENERGY_PER_AC_PJ, multiply_accumulate=ENERGY_PER_MAC_PJ),
+    )
