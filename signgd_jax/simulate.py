@@ -98,18 +98,29 @@ def step(snn: SNN, state, images, eta, key=None):
     return dict(codec=codec_state, neurons=neurons, decoder=logits), logits, spikes
 
 
-@partial(jax.jit, static_argnames=("timestamps", "with_spike_counts"))
-def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool):
+def cast(snn: SNN, dtype) -> SNN:
+    """The SNN with its floating-point arrays (weights, corrections) in ``dtype``."""
+    def to(a):
+        return a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+    return snn.replace(variables=jax.tree_util.tree_map(to, snn.variables),
+                       sites=jax.tree_util.tree_map(to, snn.sites), decoder=jax.tree_util.tree_map(to, snn.decoder))
+
+
+@partial(jax.jit, static_argnames=("timestamps", "with_spike_counts", "dtype"))
+def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None):
     num_steps = max(timestamps)
     if snn.mode == "if":
         etas = subgradient_step_sizes(num_steps)
     else:
         etas = snn.schedule.step_sizes(num_steps)
+    if dtype is not None:  # reduced-precision simulation: state, weights and step sizes alike
+        snn, images, etas = cast(snn, dtype), images.astype(dtype), etas.astype(dtype)
     # Row of the output buffer that step t writes: its rank among the requested time-steps,
     # or a scratch row past the end; only len(timestamps) + 1 rows are ever kept.
     rows = np.full(num_steps, len(timestamps), np.int32)
     rows[np.asarray(timestamps) - 1] = np.arange(len(timestamps))
-    keys = jax.random.split(key, num_steps)
+    # Only the stochastic codec draws random numbers; the others carry no keys through the scan.
+    keys = jax.random.split(key, num_steps) if snn.codec == "stochastic" and snn.mode != "if" else None
     state = initial_state(snn, images)
     num_classes = state["decoder"].shape[1:]
     buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), state["decoder"].dtype)
@@ -125,24 +136,26 @@ def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool)
         return (state, buffer, counts), None
 
     if with_spike_counts:
-        shapes = jax.eval_shape(lambda s: step(snn, s, images, etas[0], keys[0])[2], state)
+        shapes = jax.eval_shape(lambda s: step(snn, s, images, etas[0], None if keys is None else keys[0])[2], state)
         counts = {k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}
     (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys))
-    return buffer[:-1], counts
+    return buffer[:-1].astype(jnp.float32), counts
 
 
 def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
-             return_spike_counts: bool = False):
+             return_spike_counts: bool = False, dtype=None):
     """Runs the SNN on ``images`` and returns the decoded logits at each requested time-step.
 
     Returns an array ``[len(timestamps), batch, classes]`` (time-steps sorted ascending);
     with ``return_spike_counts`` also ``{site: spikes per position summed over the batch and
     all T steps}``. Any T works (no table limit); memory is independent of T. Works under
     ``vmap`` (e.g. over ``snn.with_schedule(eta0=...)``) and with a batch sharded over devices.
-    ``key`` seeds the 'stochastic' codec.
+    ``key`` seeds the 'stochastic' codec. ``dtype`` (e.g. ``jnp.bfloat16``) runs the whole
+    simulation in that precision; logits are returned as float32.
     """
     timestamps = check_timestamps(timestamps)
     images = jnp.asarray(images, jnp.float32)
     key = jax.random.PRNGKey(0) if key is None else key
-    logits, counts = _simulate(snn, images, key, timestamps, return_spike_counts)
+    dtype = None if dtype is None else jnp.dtype(dtype)
+    logits, counts = _simulate(snn, images, key, timestamps, return_spike_counts, dtype)
     return (logits, counts) if return_spike_counts else logits
