@@ -200,7 +200,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
     apply_fn = as_apply_fn(model)
-    batches = [np.asarray(b, np.float32) for b in calibration_batches]
+    batches = [jnp.asarray(b, jnp.float32) for b in calibration_batches]
     if fold_bn and batches:
         variables, apply_fn = fold_batch_norm(model, variables, batches[0], apply_fn)
     statistics, last = _calibration_statistics(apply_fn, variables, batches)
