@@ -1,0 +1,280 @@
+"""Load a training workdir, convert it with each dynamics, evaluate, and collect results.
+
+:func:`evaluate_workdir` does the work and returns the ``results.json`` dict; it raises
+:class:`ConvertError` (a one-line message) for every kind of bad input, before anything is
+written.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import signgd_jax
+from signgd_jax import data, metrics
+from signgd_jax.convert import MODES, as_apply_fn
+from signgd_jax.dynamics import CODECS
+from signgd_jax.simulate import check_timestamps
+
+from convert.parallel import DataParallel, padded_batches
+
+RESULTS_FORMAT = 1
+DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_DYNAMICS = MODES  # paper, improved, if
+CALIBRATION_SEED = 0
+
+
+class ConvertError(ValueError):
+    """Bad input to the conversion tool; ``str(e)`` is a one-line explanation."""
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def parse_timesteps(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,2,4"`` (or a sequence) -> sorted unique positive integers; ConvertError otherwise."""
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    if isinstance(text, str) and not all(s.isdigit() for s in items):  # rejects "1.5", "a", "-1", ""
+        raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}")
+    try:
+        return check_timestamps([int(s) for s in items] if isinstance(text, str) else items)
+    except ValueError:
+        raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}") from None
+
+
+def parse_dynamics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"paper,if"`` -> ``("paper", "if")`` in the given order, duplicates dropped."""
+    names = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    unknown = [n for n in names if n not in MODES]
+    if unknown or not names:
+        raise ConvertError(f"unknown dynamics {', '.join(map(repr, unknown)) or repr(text)}; "
+                           f"supported: {', '.join(MODES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _positive(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConvertError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_workdir(workdir: str):
+    """``(model, variables, config)`` of a training workdir; ConvertError when unusable."""
+    import train  # the training package: its loader knows the workdir layout
+
+    try:
+        return train.load_trained(workdir)
+    except train.CheckpointNotFound as e:
+        raise ConvertError(f"missing checkpoint: {_one_line(e)} (train one with `python -m train"
+                           f" --model NAME --workdir {workdir}`)") from None
+    except train.CheckpointMismatch as e:
+        raise ConvertError(f"checkpoint does not match the model in config.json: {_one_line(e)}") from None
+    except train.CorruptCheckpoint as e:
+        raise ConvertError(f"corrupt checkpoint: {_one_line(e)}") from None
+    except train.TrainError as e:  # e.g. ConfigError: unknown model name in config.json
+        raise ConvertError(f"cannot load {workdir}: {_one_line(e)}") from None
+
+
+def check_dataset(name: str, config: dict) -> None:
+    """ConvertError unless ``name`` is a supported dataset the trained model can take."""
+    if name not in data.SUPPORTED:
+        raise ConvertError(f"unknown dataset {name!r}; supported: {', '.join(data.SUPPORTED)}")
+    shape, classes, _, _ = data.dataset_info(name)
+    want_shape = tuple(config.get("image_shape", shape))
+    want_classes = int(config.get("num_classes", classes))
+    if tuple(shape) != want_shape or classes != want_classes:
+        raise ConvertError(f"dataset {name!r} ({'x'.join(map(str, shape))} images, {classes} classes) does not "
+                           f"fit the model trained on {config.get('dataset')!r} "
+                           f"({'x'.join(map(str, want_shape))} images, {want_classes} classes)")
+
+
+def load_splits(name: str, data_dir: Optional[str]):
+    """``(train, test)`` :class:`signgd_jax.data.Dataset` views; ConvertError if not prepared."""
+    _, _, train_split, test_split = data.dataset_info(name)
+    try:
+        return data.load(name, train_split, data_dir), data.load(name, test_split, data_dir)
+    except data.DatasetNotPrepared as e:
+        raise ConvertError(_one_line(e)) from None
+
+
+def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIBRATION_SEED) -> list:
+    """The first ``count`` batches of a fixed-seed shuffle of the training split."""
+    drop = len(train_ds) >= batch_size
+    out = []
+    for images, _ in data.batches(train_ds, batch_size, shuffle=True, seed=seed, epoch=0,
+                                  drop_remainder=drop):
+        out.append(images)
+        if len(out) == count:
+            break
+    if not out:
+        raise ConvertError("the training split is empty: no calibration data")
+    return out
+
+
+def machine_info() -> dict:
+    devices = jax.devices()
+    return dict(platform=platform.platform(), machine=platform.machine(), python=platform.python_version(),
+                cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
+                device_count=len(devices), devices=[str(d) for d in devices],
+                device_kind=devices[0].device_kind if devices else None)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool) -> int:
+    """Number of test images the ANN classifies correctly."""
+    apply_fn = as_apply_fn(model)
+    predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
+    variables = dp.replicate(variables)
+    correct = 0
+    with _progress(len(test_ds), "ANN", progress) as bar:
+        for images, labels, k in padded_batches(test_ds, batch_size):
+            pred = np.asarray(predict(variables, dp.shard(images)))
+            correct += int(np.sum(pred[:k] == labels[:k]))
+            bar.update(k)
+    return correct
+
+
+def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParallel, progress: bool,
+                 desc: str, seed: int = 0):
+    """``(correct per time-step, spike counts per site)`` over the test images.
+
+    Spike counts come from the same simulate call (T = max(timestamps)), summed over the real
+    images only: the zero images that pad the last batch are subtracted with the counts of an
+    all-zero batch (exact for the deterministic codecs, where every zero image spikes alike;
+    an estimate for the stochastic codec).
+    """
+    replicated = dp.replicate(snn)
+    base_key = jax.random.PRNGKey(seed)
+    correct = np.zeros(len(timestamps), np.int64)
+    counts, pad_rows = None, 0
+    with _progress(len(test_ds), desc, progress) as bar:
+        for i, (images, labels, k) in enumerate(padded_batches(test_ds, batch_size)):
+            logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timestamps=timestamps,
+                                                       key=jax.random.fold_in(base_key, i),
+                                                       return_spike_counts=True)
+            pred = np.asarray(jnp.argmax(logits, -1))  # [len(timestamps), batch]
+            correct += np.sum(pred[:, :k] == labels[None, :k], axis=1)
+            batch_counts = {name: np.asarray(c, np.float64) for name, c in batch_counts.items()}
+            counts = batch_counts if counts is None else {n: counts[n] + c for n, c in batch_counts.items()}
+            pad_rows += batch_size - k
+            bar.update(k)
+    if pad_rows:
+        zeros = np.zeros((batch_size, *test_ds.image_shape), np.float32)
+        _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timestamps=timestamps,
+                                             key=base_key, return_spike_counts=True)
+        counts = {n: np.maximum(c - np.asarray(zero_counts[n], np.float64) * (pad_rows / batch_size), 0.0)
+                  for n, c in counts.items()}
+    return correct, counts
+
+
+def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                     timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
+                     calibration_batch_count: int = 12, limit: Optional[int] = None, codec: str = "float",
+                     schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
+                     progress: bool = True, log: Callable[[str], None] = print,
+                     devices: Optional[Sequence] = None) -> dict:
+    """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
+
+    Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
+    missing / corrupt / mismatched checkpoint, dataset not prepared).
+    """
+    t_start = time.perf_counter()
+    timesteps = parse_timesteps(timesteps)
+    dynamics = parse_dynamics(dynamics)
+    batch_size = _positive("batch-size", batch_size)
+    calibration_batch_count = _positive("calibration-batches", calibration_batch_count)
+    limit = _positive("limit", limit, allow_none=True)
+    if codec not in CODECS:
+        raise ConvertError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
+    if dataset is not None and dataset not in data.SUPPORTED:  # before the (slow) checkpoint load
+        raise ConvertError(f"unknown dataset {dataset!r}; supported: {', '.join(data.SUPPORTED)}")
+    if not (eta0 > 0 and 0 < gamma <= 1):
+        raise ConvertError(f"need eta0 > 0 and 0 < gamma <= 1, got eta0={eta0!r}, gamma={gamma!r}")
+
+    model, variables, config = load_workdir(workdir)
+    dataset = dataset or config.get("dataset") or "mnist5k"
+    check_dataset(dataset, config)
+    if data_dir is None and dataset == config.get("dataset"):
+        data_dir = config.get("data_dir")  # where training found it
+    train_ds, test_ds = load_splits(dataset, data_dir)
+    test_ds = test_ds.take(limit)
+    if len(test_ds) == 0:
+        raise ConvertError(f"the test split of {dataset!r} is empty")
+    dp = DataParallel(devices)
+    eval_batch = dp.round_up(min(batch_size, len(test_ds)))
+    calib = calibration_batches(train_ds, batch_size, calibration_batch_count)
+    t_loaded = time.perf_counter()
+    log(f"{config['model']} on {dataset}: {len(test_ds)} test images, {sum(len(b) for b in calib)} "
+        f"calibration images, batch {eval_batch} over {dp.size} device(s) ({jax.default_backend()})")
+
+    ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress)
+    t_ann = time.perf_counter()
+    n = len(test_ds)
+    per_dynamics = {}
+    for name in dynamics:
+        t0 = time.perf_counter()
+        try:
+            snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec, schedule=schedule,
+                                     eta0=eta0, gamma=gamma)
+        except signgd_jax.UnsupportedOperation as e:
+            per_dynamics[name] = dict(supported=False, reason=_one_line(e), accuracy=None, correct=None,
+                                      spike_statistics=None, timings=None)
+            log(f"{name}: n/a ({_one_line(e)})")
+            continue
+        t1 = time.perf_counter()
+        correct, counts = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name)
+        t2 = time.perf_counter()
+        stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
+        t3 = time.perf_counter()
+        per_dynamics[name] = dict(
+            supported=True, reason=None,
+            accuracy={str(t): int(c) / n for t, c in zip(timesteps, correct)},
+            correct={str(t): int(c) for t, c in zip(timesteps, correct)},
+            spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
+            timings=dict(convert_s=round(t1 - t0, 3), simulate_s=round(t2 - t1, 3),
+                         statistics_s=round(t3 - t2, 3),
+                         images_per_s=round(n / max(t2 - t1, 1e-9), 2)))
+    t_end = time.perf_counter()
+    return dict(
+        format=RESULTS_FORMAT,
+        workdir=os.path.abspath(workdir),
+        model=config["model"],
+        dataset=dataset,
+        checkpoint_step=config.get("checkpoint_step"),
+        epochs_done=config.get("epochs_done"),
+        num_test_images=n,
+        timesteps=list(timesteps),
+        settings=dict(dynamics=list(dynamics), codec=codec, schedule=schedule, eta0=eta0, gamma=gamma,
+                      batch_size=batch_size, eval_batch_size=eval_batch, limit=limit,
+                      data_dir=data_dir),
+        calibration=dict(split="train", batches=len(calib), batch_size=batch_size,
+                         images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
+        ann=dict(accuracy=ann_correct / n, correct=ann_correct),
+        dynamics=per_dynamics,
+        timings=dict(load_s=round(t_loaded - t_start, 3), ann_s=round(t_ann - t_loaded, 3),
+                     snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3)),
+        machine=machine_info(),
+    )

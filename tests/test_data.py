@@ -1,0 +1,212 @@
+"""signgd_jax.data: mnist5k offline builder, TFDS data sources (mocked), batching, augmentation."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from signgd_jax import data
+
+
+def _hashes(images):
+    return [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+
+
+# ----------------------------------------------------------------------------- mnist5k
+
+
+def test_mnist5k_splits(mnist5k_dir):
+    train = data.load("mnist5k", "train", data_dir=mnist5k_dir)
+    test = data.load("mnist5k", "test", data_dir=mnist5k_dir)
+    assert (len(train), len(test)) == (4000, 1000)
+    assert data.dataset_info("mnist5k") == ((28, 28, 1), 10, "train", "test")
+    xtr, ytr = train.raw(np.arange(len(train)))
+    xte, yte = test.raw(np.arange(len(test)))
+    assert xtr.dtype == np.uint8 and xtr.shape == (4000, 28, 28, 1)
+    assert ytr.dtype == np.int32 and set(np.unique(ytr)) == set(range(10))
+    counts = np.bincount(ytr, minlength=10)
+    assert counts.min() > 300 and counts.max() < 500, counts  # 400 each on average
+    assert np.bincount(yte, minlength=10).min() > 60
+    assert not set(_hashes(xtr)) & set(_hashes(xte))  # no overlap
+    assert len(set(ytr[:50].tolist())) >= 8  # shuffled, not class-sorted
+
+
+def test_mnist5k_split_is_deterministic_and_matches_source(mnist5k_dir):
+    (x1, y1, k1), (x2, y2, k2) = data._mnist5k_arrays()
+    (x1b, _, k1b), _ = data._mnist5k_arrays()
+    np.testing.assert_array_equal(k1, k1b)
+    np.testing.assert_array_equal(x1, x1b)
+    assert sorted(np.concatenate([k1, k2]).tolist()) == list(range(5000))
+    train = data.load("mnist5k", "train", data_dir=mnist5k_dir)
+    x, y = train.raw(np.arange(len(train)))
+    assert sorted(zip(_hashes(x), y.tolist())) == sorted(zip(_hashes(x1), y1.tolist()))
+
+
+def test_mnist5k_normalisation(mnist5k_dir):
+    x, y = data.load("mnist5k", "train", data_dir=mnist5k_dir).arrays()
+    assert x.dtype == np.float32 and x.shape == (4000, 28, 28, 1) and y.dtype == np.int32
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
+    assert np.isclose(x.min(), -0.1307 / 0.3081, atol=1e-5)
+
+
+def test_mnist5k_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
+    real = data._mnist5k_arrays
+
+    def broken():
+        train, (x, y, k) = real()
+        y = y.copy()
+        y[500] = 99  # an invalid label: the test split fails half-way
+        return train, (x, y, k)
+
+    monkeypatch.setattr(data, "_mnist5k_arrays", broken)
+    with pytest.raises(Exception):
+        data.load("mnist5k", "train", data_dir=str(tmp_path))
+    assert not (tmp_path / "mnist5k" / "1.0.0").exists()
+    monkeypatch.setattr(data, "_mnist5k_arrays", real)
+    os.makedirs(tmp_path / "mnist5k" / "incomplete.STALE_1.0.0")
+    assert len(data.load("mnist5k", "test", data_dir=str(tmp_path))) == 1000
+    assert sorted(os.listdir(tmp_path / "mnist5k")) == ["1.0.0"]
+
+
+def test_env_var_data_dir(monkeypatch, mnist5k_dir):
+    monkeypatch.setenv("SIGNGD_DATA_DIR", mnist5k_dir)
+    assert data.default_data_dir("mnist5k") == mnist5k_dir
+    assert data.default_data_dir("cifar10") == mnist5k_dir
+    assert len(data.load("mnist5k", "test")) == 1000
+    monkeypatch.delenv("SIGNGD_DATA_DIR")
+    assert data.default_data_dir("mnist5k").endswith(os.path.join(".cache", "signgd_jax", "tfds"))
+    assert data.default_data_dir("cifar10") is None
+
+
+# ----------------------------------------------------------------------------- TFDS datasets
+
+
+@pytest.mark.parametrize("name,shape,classes", [
+    ("cifar10", (32, 32, 3), 10), ("mnist", (28, 28, 1), 10), ("cifar100", (32, 32, 3), 100),
+    ("fashion_mnist", (28, 28, 1), 10)])
+def test_tfds_datasets_mocked(tmp_path, name, shape, classes):
+    with tfds.testing.mock_data(num_examples=20):
+        train = data.load(name, "train", data_dir=str(tmp_path))
+        test = data.load(name, "test", data_dir=str(tmp_path))
+        assert len(train) == 20 and len(test) == 20
+        assert train.image_shape == shape and train.num_classes == classes
+        raw, labels = train.raw(np.arange(20))
+        images, labels2 = train.get(np.arange(20))
+    assert raw.shape == (20, *shape) and raw.dtype == np.uint8
+    assert images.shape == (20, *shape) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and 0 <= labels.min() and labels.max() < classes
+    np.testing.assert_array_equal(labels, labels2)
+    spec = data._SPECS[name]
+    expect = (raw / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(images, expect, rtol=1e-5, atol=1e-5)
+    assert data.dataset_info(name) == (shape, classes, "train", "test")
+
+
+def test_imagenet_mocked_resize_and_crop(tmp_path):
+    with tfds.testing.mock_data(num_examples=4):
+        ds = data.load("imagenet2012", "test", data_dir=str(tmp_path))  # -> validation
+        x, y = ds.get(np.arange(4))
+    assert ds.split == "validation"
+    assert x.shape == (4, 224, 224, 3) and x.dtype == np.float32
+    assert y.dtype == np.int32 and y.max() < 1000
+    assert data.dataset_info("imagenet2012") == ((224, 224, 3), 1000, "train", "validation")
+
+
+def test_resize_centre_crop():
+    img = np.full((300, 500, 3), 77, np.uint8)
+    out = data._resize_centre_crop(img, 256, 224)
+    assert out.shape == (224, 224, 3) and (out == 77).all()
+    # a horizontal ramp keeps its centre value and stays monotone
+    ramp = np.tile(np.linspace(0, 255, 512)[None, :, None], (256, 1, 3)).astype(np.uint8)
+    out = data._resize_centre_crop(ramp, 256, 224)
+    assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()
+    assert abs(int(out[0, 112, 0]) - 127) <= 2
+    tall = data._resize_centre_crop(np.zeros((40, 30, 3), np.uint8), 256, 224)  # upscaling
+    assert tall.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("shape", [(375, 500, 3), (500, 333, 3), (60, 45, 3)])
+def test_resize_matches_pil_bilinear(shape):
+    from PIL import Image
+
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[:2]
+    nh, nw = (256, round(w * 256 / h)) if h <= w else (round(h * 256 / w), 256)
+    ref = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR)).astype(int)
+    top, left = (nh - 224) // 2, (nw - 224) // 2
+    diff = np.abs(ref[top:top + 224, left:left + 224] - data._resize_centre_crop(img, 256, 224))
+    assert diff.max() <= 1 and diff.mean() < 0.3
+
+
+def test_not_prepared_and_unknown(tmp_path):
+    with pytest.raises(data.DatasetNotPrepared) as e:
+        data.load("cifar10", "train", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and "tfds build cifar10" in msg and str(tmp_path) in msg
+    assert "array_record" in msg
+    with pytest.raises(ValueError, match="supported: mnist5k, mnist, fashion_mnist"):
+        data.load("svhn", "train")
+    with pytest.raises(ValueError, match="cifar100"):
+        data.dataset_info("nope")
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_batches_order_is_pure_function_of_seed_epoch(mnist5k_dir):
+    ds = data.load("mnist5k", "test", data_dir=mnist5k_dir)
+    run = lambda **kw: list(data.batches(ds, 64, shuffle=True, seed=3, **kw))  # noqa: E731
+    a, b = run(epoch=1), run(epoch=1)
+    assert len(a) == 16 and a[-1][0].shape == (1000 - 15 * 64, 28, 28, 1)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    c = run(epoch=2)
+    assert not np.array_equal(a[0][1], c[0][1])
+    # every example exactly once per epoch
+    assert sorted(_hashes(np.concatenate([x for x, _ in a]))) == sorted(_hashes(ds.arrays()[0]))
+    # resuming at batch k gives the same remaining batches, without the others
+    tail = run(epoch=1, start=10)
+    assert len(tail) == 6
+    for (xa, _), (xt, _) in zip(a[10:], tail):
+        np.testing.assert_array_equal(xa, xt)
+    dropped = list(data.batches(ds, 64, drop_remainder=True))
+    assert len(dropped) == 15 and all(len(y) == 64 for _, y in dropped)
+    first, _ = next(data.batches(ds, 10))
+    np.testing.assert_array_equal(first, ds.get(np.arange(10))[0])  # no shuffle: file order
+    assert len(ds.take(100)) == 100 and len(ds.take(None)) == 1000
+    np.testing.assert_array_equal(ds.take(100).get([5])[0], ds.get([5])[0])
+
+
+def test_augment_crop_flip():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    out = data.augment_crop_flip(x, np.random.default_rng(1))
+    again = data.augment_crop_flip(x, np.random.default_rng(1))
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == x.shape and out.dtype == np.uint8
+    padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    flips = shifts = 0
+    for i in range(64):
+        cands = {(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                 if np.array_equal(out[i], (lambda c: c[:, ::-1] if f else c)(
+                     padded[i, dy:dy + 32, dx:dx + 32]))}
+        assert cands, i
+        dy, dx, f = min(cands)
+        flips += f
+        shifts += (dy, dx) != (4, 4)
+    assert 10 < flips < 54 and shifts > 40
+
+
+def test_batches_augment_seeded(tmp_path):
+    with tfds.testing.mock_data(num_examples=50):
+        ds = data.load("cifar10", "train", data_dir=str(tmp_path))
+        a = [x for x, _ in data.batches(ds, 16, shuffle=True, seed=1, epoch=0, augment=True)]
+        b = [x for x, _ in data.batches(ds, 16, shuffle=True, seed=1, epoch=0, augment=True)]
+        c = [x for x, _ in data.batches(ds, 16, shuffle=True, seed=1, epoch=0)]
+        t = [x for x, _ in data.batches(ds, 16, shuffle=True, seed=1, epoch=0, augment=True,
+                                        start=2)]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+    np.testing.assert_array_equal(a[2], t[0])

@@ -1,0 +1,207 @@
+"""train: a tiny run learns, exact resume after SIGKILL, bad input, load_trained errors."""
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+import train
+from signgd_jax import data
+from train import TrainConfig
+from train.__main__ import main
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+MODEL = "test_train:TinyCNN"  # importable in subprocesses through PYTHONPATH=tests
+
+
+class TinyCNN(nn.Module):
+    """Conv-BN-ReLU, conv-ReLU, dense: small, with batch_stats, learns MNIST in seconds."""
+
+    num_classes: int = 10
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.width, (3, 3), strides=2)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.relu(x)
+        x = nn.relu(nn.Conv(2 * self.width, (3, 3), strides=2)(x))
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def _cli(args, env_extra=None, timeout=120):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _without_time(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist5k_dir):
+    workdir = str(tmp_path_factory.mktemp("run") / "w")
+    cfg = TrainConfig(model=MODEL, workdir=workdir, epochs=3, batch_size=32, limit_train=1024,
+                      limit_test=500, data_dir=mnist5k_dir, checkpoint_every=10,
+                      progress=False)
+    final = train.run(cfg, log=lambda m: None)
+    return workdir, final, mnist5k_dir
+
+
+def test_tiny_run_learns(trained):
+    workdir, final, data_dir = trained
+    assert final["epoch"] == 3 and final["test_acc"] > 0.6, final
+    lines = _lines(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert lines[-1] == final and lines[0]["train_loss"] > lines[-1]["train_loss"]
+    assert set(lines[0]) == {"epoch", "train_loss", "train_acc", "test_acc", "seconds", "step",
+                             "lr"}
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["model"] == MODEL and config["dataset"] == "mnist5k"
+    assert config["num_classes"] == 10 and config["image_shape"] == [28, 28, 1]
+    assert (config["lr"], config["momentum"], config["weight_decay"]) == (0.1, 0.9, 5e-4)
+    assert config["steps_per_epoch"] == 32 and config["total_steps"] == 96
+
+    model, variables, info = train.load_trained(workdir)
+    assert isinstance(model, TinyCNN) and set(variables) == {"params", "batch_stats"}
+    assert info["checkpoint_step"] == 96 and info["epochs_done"] == 3
+    x, y = data.load("mnist5k", "test", data_dir).take(500).arrays()
+    logits = model.apply(variables, x, train=False)
+    assert np.mean(np.argmax(logits, -1) == y) == pytest.approx(final["test_acc"])
+
+
+def test_finished_run_is_not_repeated(trained, capsys):
+    workdir, final, data_dir = trained
+    cfg = TrainConfig(model=MODEL, workdir=workdir, epochs=3, batch_size=32, limit_train=1024,
+                      limit_test=500, data_dir=data_dir, checkpoint_every=10, progress=False)
+    assert train.run(cfg) == final
+    assert "already finished" in capsys.readouterr().out
+    assert len(_lines(os.path.join(workdir, "metrics.jsonl"))) == 3
+    with pytest.raises(train.ConfigError, match="different settings.*lr"):
+        train.run(TrainConfig(**{**cfg.__dict__, "lr": 0.05}))
+
+
+def test_workdir_in_use(tmp_path, mnist5k_dir):
+    import fcntl
+
+    os.makedirs(tmp_path / "w")
+    with open(tmp_path / "w" / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(train.ConfigError, match="in use by another training process"):
+            train.run(TrainConfig(model=MODEL, workdir=str(tmp_path / "w"), epochs=1,
+                                  limit_train=64, limit_test=64, batch_size=32,
+                                  data_dir=mnist5k_dir, progress=False))
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, mnist5k_dir):
+    args = ["--model", MODEL, "--dataset", "mnist5k", "--data-dir", mnist5k_dir, "--epochs", "2",
+            "--batch-size", "32", "--limit-train", "320", "--limit-test", "200",
+            "--checkpoint-every", "4", "--no-progress"]
+    full = _cli(args + ["--workdir", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    # 10 steps per epoch; checkpoints at 4, 8, 10 (epoch end), 12, 16; killed after step 15
+    wd = str(tmp_path / "killed")
+    killed = _cli(args + ["--workdir", wd], {"SIGNGD_TRAIN_KILL_AT_STEP": "15"})
+    assert killed.returncode == -9, killed.stderr
+    assert len(_lines(os.path.join(wd, "metrics.jsonl"))) == 1
+    resumed = _cli(args + ["--workdir", wd])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint 12: epoch 2/2, step 2/10" in resumed.stdout
+    a = _lines(str(tmp_path / "full" / "metrics.jsonl"))
+    b = _lines(os.path.join(wd, "metrics.jsonl"))
+    assert len(b) == 2 and _without_time(a) == _without_time(b)
+    _, va, _ = train.load_trained(str(tmp_path / "full"))
+    _, vb, _ = train.load_trained(wd)
+    jax.tree.map(np.testing.assert_array_equal, va, vb)  # bit-identical
+    again = _cli(args + ["--workdir", wd])
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--model", "no_such_model_xyz"], "no_such_model_xyz"),
+    (["--model", "no_such_module_xyz:Net"], "no_such_module_xyz"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--epochs", "-3"], "epochs must be a positive integer"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--dataset", "cifar10"], "tfds build cifar10"),
+    (["--epochs", "ten"], "invalid int value"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
+    base = {"--model": MODEL, "--workdir": str(tmp_path / "w"), "--data-dir": str(tmp_path),
+            "--epochs": "1"}
+    for flag, value in zip(extra[::2], extra[1::2]):
+        base[flag] = value
+    argv = [s for kv in base.items() for s in kv]
+    if "ten" in extra:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        code = e.value.code
+    else:
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_bad_input_subprocess(tmp_path):
+    r = _cli(["--model", MODEL, "--dataset", "cifar10", "--data-dir", str(tmp_path),
+              "--workdir", str(tmp_path / "w")])
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: dataset 'cifar10' is not prepared")
+
+
+# orbax leaves a tensorstore callback behind when it fails on damaged files; it reports
+# "Event loop is closed" when collected, which is harmless
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_load_trained_errors(trained, tmp_path):
+    workdir = trained[0]
+    with pytest.raises(train.CheckpointNotFound, match="does not exist"):
+        train.load_trained(str(tmp_path / "missing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(train.CheckpointNotFound, match="config.json"):
+        train.load_trained(str(tmp_path / "empty"))
+    shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "empty")
+    with pytest.raises(train.CheckpointNotFound, match="no checkpoints"):
+        train.load_trained(str(tmp_path / "empty"))
+    with pytest.raises(train.CheckpointMismatch, match="does not match the model"):
+        train.load_trained(workdir, model=TinyCNN(width=16))
+    # a config.json naming another model is caught the same way
+    wide = str(tmp_path / "wide")
+    shutil.copytree(workdir, wide)
+    cfg = json.load(open(os.path.join(wide, "config.json")))
+    cfg["num_classes"] = 7
+    json.dump(cfg, open(os.path.join(wide, "config.json"), "w"))
+    with pytest.raises(train.CheckpointMismatch, match="Dense_0"):
+        train.load_trained(wide)
+    # damaged array data
+    bad = str(tmp_path / "bad")
+    shutil.copytree(workdir, bad)
+    step_dir = os.path.join(bad, "checkpoints", "96", "variables")
+    for dirpath, _, files in os.walk(step_dir):
+        for name in files:
+            if "ocdbt" in dirpath or dirpath.endswith("/d"):
+                with open(os.path.join(dirpath, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(train.CorruptCheckpoint):
+        train.load_trained(bad)
+    time.sleep(0.5)  # let orbax's orphaned callbacks fire inside this test (see above)
+    gc.collect()
+    open(os.path.join(bad, "config.json"), "w").write("{not json")
+    with pytest.raises(train.CorruptCheckpoint, match="config.json"):
+        train.load_trained(bad)
