@@ -421,8 +421,10 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
-def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Random crop to the input size after zero-padding by ``pad``, then random horizontal flip.
+def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
+                      flip: bool = True) -> np.ndarray:
+    """Random crop to the input size after zero-padding by ``pad``, then (if ``flip``) a
+    random horizontal flip.
 
     ``images`` is a NHWC batch (uint8 before normalisation, so the padding is black).
     """
@@ -430,11 +432,20 @@ def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     oy = rng.integers(0, 2 * pad + 1, size=b)
     ox = rng.integers(0, 2 * pad + 1, size=b)
-    flip = rng.random(b) < 0.5
+    flips = rng.random(b) < 0.5
     rows = oy[:, None] + np.arange(h)[None, :]
     cols = ox[:, None] + np.arange(w)[None, :]
-    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    if flip:
+        cols = np.where(flips[:, None], cols[:, ::-1], cols)
     return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def augmentation(name: str) -> dict:
+    """Training augmentation per dataset: digits are shifted by up to 2 pixels and never
+    mirrored; natural images get the usual pad-4 crop and horizontal flip."""
+    if name in ("mnist5k", "mnist", "fashion_mnist"):
+        return dict(pad=2, flip=name == "fashion_mnist")
+    return dict(pad=4, flip=True)
 
 
 def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -443,7 +454,7 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 
     """Yield ``(images, labels)``: float32 normalised NHWC images and int32 labels.
 
     The order is :func:`epoch_order` ``(len(ds), seed, epoch, shuffle)``; with ``augment``
-    each batch gets :func:`augment_crop_flip` seeded by ``(seed, epoch, batch index)``.
+    each batch gets :func:`augment_crop_flip` (settings from :func:`augmentation`) seeded by ``(seed, epoch, batch index)``.
     ``start`` skips the first ``start`` batches (for resuming mid-epoch) without reading them.
     """
     if batch_size <= 0:
@@ -454,5 +465,5 @@ def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 
         images, labels = ds.raw(order[b * batch_size:(b + 1) * batch_size])
         if augment:
             rng = np.random.default_rng([int(seed), int(epoch), b, 1])
-            images = augment_crop_flip(images, rng)
+            images = augment_crop_flip(images, rng, **augmentation(ds.name))
         yield ds.normalize(images), labels

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=5e-4)
     a("--schedule", choices=("cosine", "constant"), default="cosine",
       help="learning-rate schedule over all steps (default cosine decay to 0)")
+    a("--optimizer", choices=("sgd", "adamw"), default="sgd",
+      help="sgd: the paper's recipe (default); adamw: faster for LayerNorm/GELU models "
+      "(use e.g. --lr 0.002 --weight-decay 0.05)")
     a("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random crop (pad 4) + horizontal flip; default: on for CIFAR only")

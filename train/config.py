@@ -45,6 +45,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    optimizer: str = "sgd"
     seed: int = 0
     augment: Optional[bool] = None
     limit_train: Optional[int] = None
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not isinstance(self.seed, int) or self.seed < 0:

@@ -1,0 +1,97 @@
+"""MLP-Mixer (Tolstikhin et al., 2021) with convertible nonlinearities.
+
+Layout: non-overlapping ``patch x patch`` stem conv -> tokens ``[B, N, C]`` -> ``num_blocks`` x
+(``x + token_mixing(norm1(x)^T)^T``; ``x + channel_mixing(norm2(x))``) -> LayerNorm -> mean over
+tokens -> Dense. Each mixing MLP is Dense -> GELU -> Dense. LayerNorm eps 1e-6 (as in the
+original JAX code and timm).
+
+Parameter tree (``params`` only)::
+
+    stem/{kernel (p, p, C_in, hidden), bias}          no bias when stem_bias=False
+    blocks_{i}/norm1/{scale, bias}
+    blocks_{i}/token_mixing/fc1/{kernel (N, tokens_mlp), bias}
+    blocks_{i}/token_mixing/fc2/{kernel (tokens_mlp, N), bias}
+    blocks_{i}/norm2/{scale, bias}
+    blocks_{i}/channel_mixing/fc1/{kernel (hidden, channels_mlp), bias}
+    blocks_{i}/channel_mixing/fc2/{kernel (channels_mlp, hidden), bias}
+    norm/{scale, bias}
+    head/{kernel (hidden, classes), bias}
+
+``N = (H/p) * (W/p)``: the token-mixing weights fix the input resolution at initialisation.
+Mapping from the original checkpoints (``MixerBlock_{i}/LayerNorm_0``, ``token_mixing/Dense_0``,
+...): ``stem`` and ``head`` keep their names, ``pre_head_layer_norm`` -> ``norm``. From timm
+``mixer_b16_224``: ``stem.proj`` -> ``stem``, ``blocks.{i}.norm1/mlp_tokens.fc1/.../norm2/mlp_channels``
+-> ``blocks_{i}/norm1/token_mixing/.../norm2/channel_mixing``, ``norm``, ``head``.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from signgd_jax import nn as snn
+from signgd_jax.models.common import Mlp
+
+LN_EPS = 1e-6
+
+
+class MixerBlock(nn.Module):
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+    gelu_approximate: bool | str = True
+    ln_epsilon: float = LN_EPS
+
+    @nn.compact
+    def __call__(self, x):  # x: [B, N, C]
+        y = snn.LayerNorm(self.ln_epsilon, name="norm1")(x)
+        y = jnp.swapaxes(y, -1, -2)
+        y = Mlp(self.tokens_mlp_dim, gelu_approximate=self.gelu_approximate, name="token_mixing")(y)
+        x = x + jnp.swapaxes(y, -1, -2)
+        y = snn.LayerNorm(self.ln_epsilon, name="norm2")(x)
+        return x + Mlp(self.channels_mlp_dim, gelu_approximate=self.gelu_approximate, name="channel_mixing")(y)
+
+
+class MlpMixer(nn.Module):
+    """MLP-Mixer classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``.
+
+    ``stem_bias=False``: see :class:`signgd_jax.models.convnext.ConvNeXt` (LayerNorm of the zero
+    vector that background patches of MNIST-like images produce).
+    """
+
+    num_blocks: int = 12
+    patch_size: int = 16
+    hidden_dim: int = 768
+    tokens_mlp_dim: int = 384
+    channels_mlp_dim: int = 3072
+    num_classes: int = 1000
+    stem_bias: bool = True
+    gelu_approximate: bool | str = True
+    ln_epsilon: float = LN_EPS
+
+    uses_batch_norm: ClassVar[bool] = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        p = self.patch_size
+        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", use_bias=self.stem_bias,
+                    name="stem")(x)
+        x = x.reshape(*x.shape[:-3], x.shape[-3] * x.shape[-2], x.shape[-1])
+        for i in range(self.num_blocks):
+            x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.gelu_approximate, self.ln_epsilon,
+                           name=f"blocks_{i}")(x)
+        x = snn.LayerNorm(self.ln_epsilon, name="norm")(x)
+        x = jnp.mean(x, axis=-2)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+CONFIGS = {
+    # 28x28 -> 7x7 = 49 tokens of width 64.
+    "mixer_mini": dict(gelu_approximate="sigmoid", num_blocks=2, patch_size=4, hidden_dim=64, tokens_mlp_dim=32, channels_mlp_dim=128,
+                       stem_bias=False, num_classes=10),
+    # Mixer-B/16 (Tolstikhin et al. 2021, Table 1).
+    "mixer_b16": dict(num_blocks=12, patch_size=16, hidden_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072,
+                      num_classes=1000),
+}
+MODEL = MlpMixer
