@@ -36,7 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python scripts/five_architectures.py", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--models", default=",".join(MODELS), help=f"comma-separated (default: {','.join(MODELS)})")
-    a("--epochs", type=int, default=10, help="training epochs per model (default 10)")
+    a("--epochs", type=int, default=25, help="training epochs per model (default 25)")
+    a("--optimizer", choices=("sgd", "adamw"), default="adamw", help="training optimizer (default adamw)")
+    a("--lr", type=float, default=0.003, help="peak learning rate (default 0.003, cosine decay)")
+    a("--weight-decay", type=float, default=0.05, help="weight decay (default 0.05)")
+    a("--augment", action=argparse.BooleanOptionalAction, default=True,
+      help="random 2-pixel shifts of the digits (default on)")
     a("--runs-dir", default="runs", help="parent of the training workdirs (default runs/)")
     a("--results-dir", default="results", help="where the table goes (default results/)")
     a("--data-dir", default=None, help="TFDS data dir (default: signgd_jax.data's)")
@@ -126,6 +131,8 @@ def main(argv=None) -> int:
             t_train = time.perf_counter()
             try:
                 last = train.run(train.TrainConfig(model=name, workdir=workdir, dataset=DATASET, epochs=args.epochs,
+                                                   optimizer=args.optimizer, lr=args.lr,
+                                                   weight_decay=args.weight_decay, augment=args.augment,
                                                    data_dir=args.data_dir, limit_train=args.limit_train,
                                                    progress=args.progress),
                                  log=lambda msg: print(f"   {msg}", flush=True))
