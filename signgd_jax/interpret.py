@@ -145,7 +145,7 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
 
 def trace(apply_fn: Callable, variables, example_input) -> ClosedJaxpr:
     """The jaxpr of ``apply_fn(variables, x)`` for the shapes of ``example_input``."""
-    shape = jax.ShapeDtypeStruct(np.shape(example_input), jax.numpy.float32)
+    shape = jax.ShapeDtypeStruct(np.shape(example_input), jax.numpy.result_type(example_input))
     abstract_vars = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables)
     return jax.make_jaxpr(apply_fn)(abstract_vars, shape)
 
