@@ -221,12 +221,19 @@ def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | N
     return x
 
 
-def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6):
+def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale: float = 1.0):
     """LayerNorm over the last axis, decomposed: ``c = x - mean(x)`` (linear), ``c**2`` (square
-    neuron), ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron), scale/shift."""
+    neuron), ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron), scale/shift.
+
+    ``normalized_scale`` (a constant k) lets the x1/sqrt(x2) neuron produce ``k * c/sqrt(.)``
+    and divides it out again in the affine map after it: the same function, smaller targets.
+    """
     centred = x - jnp.mean(x, axis=-1, keepdims=True)
     variance = jnp.mean(square(centred), axis=-1, keepdims=True) + epsilon
-    y = rsqrt_mul(centred, variance)
+    if normalized_scale != 1.0:
+        y = rsqrt_mul(centred * normalized_scale, variance) * (1.0 / normalized_scale)
+    else:
+        y = rsqrt_mul(centred, variance)
     if scale is not None:
         y = y * scale
     if bias is not None:
@@ -268,15 +275,27 @@ class MaxPool(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """Drop-in for ``flax.linen.LayerNorm`` (same parameter names ``scale`` and ``bias``)."""
+    """Drop-in for ``flax.linen.LayerNorm`` (same parameter names ``scale`` and ``bias``).
+
+    ``input_scale`` (a fixed constant, default 1) normalises ``input_scale * x`` with
+    ``epsilon * input_scale**2``: exactly the same function, but the square neuron of the
+    decomposition then tracks ``input_scale**2`` times smaller values; ``normalized_scale``
+    does the same for the x1/sqrt(x2) neuron (see :func:`layer_norm`). A model meant for
+    paper-mode conversion, whose output estimates are confined to +-3, uses them to keep its
+    LayerNorm neurons in range.
+    """
 
     epsilon: float = 1e-6
     use_scale: bool = True
     use_bias: bool = True
+    input_scale: float = 1.0
+    normalized_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x):
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,)) if self.use_scale else None
         bias = self.param("bias", nn.initializers.zeros, (features,)) if self.use_bias else None
-        return layer_norm(x, scale, bias, self.epsilon)
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
+        return layer_norm(x, scale, bias, self.epsilon * self.input_scale ** 2, self.normalized_scale)

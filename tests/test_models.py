@@ -90,7 +90,7 @@ def test_small_model_forward(name, shape):
     logits = model.apply(variables, x, train=False)
     assert logits.shape == (shape[0], 10)
     assert bool(jnp.all(jnp.isfinite(logits)))
-    assert 20_000 <= models.count_params(variables["params"]) <= 200_000
+    assert 20_000 <= models.count_params(variables["params"]) <= 400_000  # small enough for CPU simulation
 
     if models.has_batch_norm(model):
         train_logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])

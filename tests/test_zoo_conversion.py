@@ -20,6 +20,10 @@ def setup(name, n=8, seed=0):
     # the paper's fixed reachable range (+-3) is not exceeded by the decomposed LayerNorm
     x = jax.random.uniform(jax.random.PRNGKey(seed), (n, 28, 28, 1), minval=-0.4, maxval=1.0)
     variables = randomised(model.init(jax.random.PRNGKey(1), x, train=False), seed=seed + 2)
+    # kernels at 0.6 of their initial scale: deep random residual stacks otherwise push GELU
+    # inputs far past the paper's +-3 range, which a trained network rarely does
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 0.6 if "kernel" in str(path[-1]) else a, variables)
     return model, variables, x
 
 
@@ -104,10 +108,7 @@ def test_snn_approaches_ann(name):
     out = sg.simulate(paper, x, timestamps=steps)
     err = [float(jnp.abs(o - tracked_ann(paper, x * codec_scale[t - 1], reach[t - 1])).mean())
            for o, t in zip(out, steps)]
-    # Against the clipped network, not 1/10: where LayerNorm's square neurons saturate (random
-    # Mixer weights push their targets to ~40), the variance estimate they feed is still moving
-    # while the step sizes die out, which the clipped network models only roughly.
-    assert err[1] <= err[0] / 3, f"{name} paper: {err}"
+    assert err[1] <= err[0] / 10, f"{name} paper: {err}"
 
 
 @pytest.mark.parametrize("name", models.IMAGENET_MODELS)

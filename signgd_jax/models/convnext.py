@@ -54,6 +54,7 @@ class ConvNeXtBlock(nn.Module):
     layer_scale_init: float = 1e-6
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
     init_std: float | None = 0.02
 
     @nn.compact
@@ -61,7 +62,7 @@ class ConvNeXtBlock(nn.Module):
         channels = x.shape[-1]
         init = _kernel_init(self.init_std)
         y = DepthwiseConv((self.kernel_size, self.kernel_size), kernel_init=init, name="dwconv")(x)
-        y = snn.LayerNorm(self.ln_epsilon, name="norm")(y)
+        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(y)
         y = nn.Dense(self.mlp_ratio * channels, kernel_init=init, name="pwconv1")(y)
         y = snn.gelu(y, self.gelu_approximate)
         y = nn.Dense(channels, kernel_init=init, name="pwconv2")(y)
@@ -77,6 +78,7 @@ class ConvNeXtStem(nn.Module):
     patch: int = 4
     use_bias: bool = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
     init_std: float | None = 0.02
 
     @nn.compact
@@ -84,7 +86,7 @@ class ConvNeXtStem(nn.Module):
         p = self.patch
         x = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
                     kernel_init=_kernel_init(self.init_std), name="conv")(x)
-        return snn.LayerNorm(self.ln_epsilon, name="norm")(x)
+        return snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
 
 
 class Downsample(nn.Module):
@@ -92,11 +94,12 @@ class Downsample(nn.Module):
 
     features: int
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
     init_std: float | None = 0.02
 
     @nn.compact
     def __call__(self, x):
-        x = snn.LayerNorm(self.ln_epsilon, name="norm")(x)
+        x = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
         # 'SAME' pads nothing for even sizes; an odd size (7x7 on MNIST) keeps its last row/column.
         return nn.Conv(self.features, (2, 2), strides=(2, 2), padding="SAME",
                        kernel_init=_kernel_init(self.init_std), name="conv")(x)
@@ -113,15 +116,16 @@ class ConvNeXtStage(nn.Module):
     layer_scale_init: float = 1e-6
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
     init_std: float | None = 0.02
 
     @nn.compact
     def __call__(self, x):
         if self.downsample:
-            x = Downsample(self.features, self.ln_epsilon, self.init_std, name="downsample")(x)
+            x = Downsample(self.features, self.ln_epsilon, self.ln_scales, self.init_std, name="downsample")(x)
         for j in range(self.depth):
             x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, self.layer_scale_init, self.gelu_approximate,
-                              self.ln_epsilon, self.init_std, name=f"block_{j}")(x)
+                              self.ln_epsilon, self.ln_scales, self.init_std, name=f"block_{j}")(x)
         return x
 
 
@@ -145,6 +149,7 @@ class ConvNeXt(nn.Module):
     layer_scale_init: float = 1e-6
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
     init_std: float | None = 0.02
 
     uses_batch_norm: ClassVar[bool] = False
@@ -153,18 +158,19 @@ class ConvNeXt(nn.Module):
     def __call__(self, x, train: bool = False):
         del train  # no BatchNorm, no dropout
         eps, std = self.ln_epsilon, self.init_std
-        x = ConvNeXtStem(self.dims[0], self.stem_patch, self.stem_bias, eps, std, name="stem")(x)
+        x = ConvNeXtStem(self.dims[0], self.stem_patch, self.stem_bias, eps, self.ln_scales, std, name="stem")(x)
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             x = ConvNeXtStage(depth, dim, i > 0, self.kernel_size, self.mlp_ratio, self.layer_scale_init,
-                              self.gelu_approximate, eps, std, name=f"stages_{i}")(x)
+                              self.gelu_approximate, eps, self.ln_scales, std,
+                              name=f"stages_{i}")(x)
         x = global_avg_pool(x)
-        x = snn.LayerNorm(eps, name="head_norm")(x)
+        x = snn.LayerNorm(eps, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="head_norm")(x)
         return nn.Dense(self.num_classes, kernel_init=_kernel_init(std), name="head")(x)
 
 
 CONFIGS = {
     # ~2-3 MFLOPs on 28x28: 4x4 patches -> 7x7x32 -> 4x4x64.
-    "convnext_mini": dict(gelu_approximate="sigmoid", depths=(1, 1), dims=(32, 64), stem_patch=4, stem_bias=False, layer_scale_init=0.1,
+    "convnext_mini": dict(gelu_approximate="sigmoid", ln_scales=(0.25, 0.5), depths=(2, 2), dims=(48, 96), stem_patch=4, stem_bias=False, layer_scale_init=0.1,
                           init_std=None, num_classes=10),
     # torchvision / timm convnext_small.
     "convnext_small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), num_classes=1000),

@@ -41,14 +41,15 @@ class MixerBlock(nn.Module):
     channels_mlp_dim: int
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
 
     @nn.compact
     def __call__(self, x):  # x: [B, N, C]
-        y = snn.LayerNorm(self.ln_epsilon, name="norm1")(x)
+        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm1")(x)
         y = jnp.swapaxes(y, -1, -2)
         y = Mlp(self.tokens_mlp_dim, gelu_approximate=self.gelu_approximate, name="token_mixing")(y)
         x = x + jnp.swapaxes(y, -1, -2)
-        y = snn.LayerNorm(self.ln_epsilon, name="norm2")(x)
+        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm2")(x)
         return x + Mlp(self.channels_mlp_dim, gelu_approximate=self.gelu_approximate, name="channel_mixing")(y)
 
 
@@ -68,6 +69,7 @@ class MlpMixer(nn.Module):
     stem_bias: bool = True
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
+    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
 
     uses_batch_norm: ClassVar[bool] = False
 
@@ -80,15 +82,15 @@ class MlpMixer(nn.Module):
         x = x.reshape(*x.shape[:-3], x.shape[-3] * x.shape[-2], x.shape[-1])
         for i in range(self.num_blocks):
             x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.gelu_approximate, self.ln_epsilon,
-                           name=f"blocks_{i}")(x)
-        x = snn.LayerNorm(self.ln_epsilon, name="norm")(x)
+                           self.ln_scales, name=f"blocks_{i}")(x)
+        x = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
         x = jnp.mean(x, axis=-2)
         return nn.Dense(self.num_classes, name="head")(x)
 
 
 CONFIGS = {
     # 28x28 -> 7x7 = 49 tokens of width 64.
-    "mixer_mini": dict(gelu_approximate="sigmoid", num_blocks=2, patch_size=4, hidden_dim=64, tokens_mlp_dim=32, channels_mlp_dim=128,
+    "mixer_mini": dict(gelu_approximate="sigmoid", ln_scales=(0.25, 0.5), num_blocks=4, patch_size=4, hidden_dim=96, tokens_mlp_dim=64, channels_mlp_dim=192,
                        stem_bias=False, num_classes=10),
     # Mixer-B/16 (Tolstikhin et al. 2021, Table 1).
     "mixer_b16": dict(num_blocks=12, patch_size=16, hidden_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072,
