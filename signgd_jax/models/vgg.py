@@ -37,6 +37,10 @@ class VGG(nn.Module):
     num_classes: int = 1000
     pool_size: int | None = 7  # adaptive average pool before flattening; None: flatten as is
     pool_padding: str = "VALID"  # 'SAME' keeps the last row/column of odd-sized maps
+    # Max-pool ``s * x`` and divide by ``s`` after: the same function (exactly, for a power of
+    # two), but the max neurons track ``s`` times smaller values; paper-mode estimates are
+    # confined to +-3 and ReLU outputs of a trained VGG exceed that.
+    pool_input_scale: float = 1.0
 
     uses_batch_norm: ClassVar[bool] = True
 
@@ -45,7 +49,8 @@ class VGG(nn.Module):
         k = 0
         for layer in self.layers:
             if layer == "M":
-                x = snn.max_pool(x, (2, 2), (2, 2), padding=self.pool_padding)
+                s = self.pool_input_scale
+                x = snn.max_pool(x * s, (2, 2), (2, 2), padding=self.pool_padding) / s
             else:
                 x = ConvBN(int(layer), 3, 1, use_bias=True, name=f"features_{k}")(x, train)
                 x = snn.relu(x)
@@ -63,6 +68,7 @@ CONFIGS = {
     # pool (adaptive pool to 1x1) and one Dense. A flattened 1024-wide Dense head trained much worse
     # with plain SGD at lr 0.1 (its fan-in of O(1) activations makes the step 16x larger).
     "vgg_mini": dict(layers=(16, "M", 32, "M", 64, "M"), classifier=(), pool_size=1, pool_padding="SAME",
+                     pool_input_scale=0.25,
                      num_classes=10),
     # torchvision vgg16_bn (dropout omitted).
     "vgg16_bn": dict(layers=VGG16, classifier=(4096, 4096), pool_size=7, num_classes=1000),
