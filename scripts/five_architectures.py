@@ -71,7 +71,9 @@ def markdown(summary: dict, table_ts: list[int]) -> str:
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, jax {m['jax']} ({m['backend']}, "
         f"{m['device_count']} device(s): {', '.join(m['devices'])}). Total time {summary['seconds']:.0f} s.",
         "",
-        f"Training: {summary['settings']['epochs']} epoch(s) per model (`python -m train` defaults otherwise). "
+        f"Training: {summary['settings']['epochs']} epoch(s) per model, {summary['settings']['optimizer']} "
+        f"lr {summary['settings']['lr']} (cosine) weight decay {summary['settings']['weight_decay']}, "
+        f"augmentation {'on' if summary['settings']['augment'] else 'off'}, batch 128. "
         f"Test images: {first['num_test_images']}. Calibration: {first['calibration']['batches']} training "
         f"batches of {first['calibration']['batch_size']} (seed {first['calibration']['seed']}). Codec "
         f"{first['settings']['codec']}, exponential schedule eta0={first['settings']['eta0']}, "
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
         timesteps = parse_timesteps(list(parse_timesteps(args.timesteps)) + table_ts)
         dynamics = parse_dynamics(args.dynamics)
         summary = dict(command="python scripts/five_architectures.py " + shlex.join(argv), machine=machine_info(),
-                       settings=dict(dataset=DATASET, epochs=args.epochs, limit=args.limit,
+                       settings=dict(dataset=DATASET, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
+                                     weight_decay=args.weight_decay, augment=args.augment, limit=args.limit,
                                      limit_train=args.limit_train, timesteps=list(timesteps),
                                      dynamics=list(dynamics)),
                        models={})
