@@ -1,11 +1,13 @@
 """Accuracy per time-step, firing rates, synaptic operations and an energy estimate.
 
-Synaptic operations (SOPs): a spike of a neuron costs one accumulate in every downstream unit
-it reaches, so ``SOPs = sum over neurons of spikes x fan-out``. The fan-out of every neuron is
-counted on the converted network itself: the affine map from all neuron outputs to all
-neuron inputs and the logits is evaluated with every weight replaced by its indicator
-(``w != 0``), subtractions by additions and divisions (means) by sums; the vector-Jacobian
-product of ones then counts, per neuron, the downstream accumulations its spike triggers.
+Synaptic operations (SOPs): a spike of a neuron costs one accumulate in every unit of the next
+weighted layer that it feeds through a nonzero weight, so ``SOPs = sum over neurons of spikes x
+fan-out``. The fan-out of every neuron is counted on the converted network itself: the affine
+map from all neuron outputs to all neuron inputs and the logits is evaluated with every weight
+replaced by its indicator (``w != 0``), subtractions by additions and divisions (means) by sums;
+a weighted sum (dense, conv, reduction) counts each of its used outputs once, and the
+vector-Jacobian product of ones then gives, per neuron, the accumulations its spike triggers
+(a residual path counts the weighted layers it reaches, not the paths through them).
 The codec's real-valued output (float codec) drives the first layer with multiply-accumulates.
 
 Energy uses the 45 nm CMOS figures of Horowitz (ISSCC 2014) that SNN papers quote:
@@ -24,7 +26,6 @@ from signgd_jax.nn import ann_op
 
 ENERGY_PER_AC_PJ = 0.9
 ENERGY_PER_MAC_PJ = 4.6
-_WEIGHTED = {"mul", "dot_general", "conv_general_dilated"}
 
 
 def accuracy_per_step(logits, labels):
@@ -32,8 +33,19 @@ def accuracy_per_step(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)[None], axis=-1)
 
 
+@jax.custom_vjp
+def _used(y):
+    """Identity whose pullback marks each element as used (1) or not (0): the accumulations
+    into ``y`` are counted once, however many later operations read ``y``."""
+    return y
+
+
+_used.defvjp(lambda y: (y, None), lambda _, ct: ((ct != 0).astype(ct.dtype),))
+
+
 def _counting_rule(eqn, values, dynamic):
-    """Evaluates an affine equation with indicator weights and no cancellations."""
+    """Evaluates an affine equation with indicator weights and no cancellations; the outputs
+    of weighted sums (dense, conv, reductions) count once each (see :func:`_used`)."""
     name = eqn.primitive.name
     params = eqn.primitive.get_bind_params(eqn.params)
     dyn_values = [v for v, d in zip(values, dynamic) if d]
@@ -41,7 +53,10 @@ def _counting_rule(eqn, values, dynamic):
         return [dyn_values[0] + dyn_values[1] if len(dyn_values) == 2 else dyn_values[0]]
     if name in ("neg", "div"):
         return [values[0]]
-    if name in _WEIGHTED:
+    if name in ("dot_general", "conv_general_dilated", "reduce_sum"):
+        values = [v if d else (jnp.asarray(v) != 0).astype(jnp.float32) for v, d in zip(values, dynamic)]
+        return [_used(eqn.primitive.bind(*values, **params))]
+    if name == "mul":
         values = [v if d else (jnp.asarray(v) != 0).astype(jnp.float32) for v, d in zip(values, dynamic)]
         return [eqn.primitive.bind(*values, **params)]
     if name == "pad":
