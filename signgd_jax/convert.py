@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from signgd_jax import interpret
 from signgd_jax.dynamics import CODECS, Schedule, make_schedule
