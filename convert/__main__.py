@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     a("--codec", default="float", help="input codec of the signGD modes: float (default), spike, stochastic")
     a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default 0.15)")
     a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default 0.95)")
+    a("--dtype", default="float32", help="simulation precision: float32 (default) or bfloat16")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         results = evaluate_workdir(args.workdir, dataset=args.dataset, data_dir=args.data_dir,
                                    timesteps=args.timesteps, dynamics=args.dynamics, batch_size=args.batch_size,
                                    calibration_batch_count=args.calibration_batches, limit=args.limit,
-                                   codec=args.codec, eta0=args.eta0, gamma=args.gamma,
+                                   codec=args.codec, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
                                    progress=args.progress, log=lambda m: print(m, flush=True))
         results["command"] = "python -m convert " + shlex.join(argv)
         print(accuracy_table(results), flush=True)

@@ -158,7 +158,7 @@ def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, p
 
 
 def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParallel, progress: bool,
-                 desc: str, seed: int = 0):
+                 desc: str, seed: int = 0, dtype: Optional[str] = None):
     """``(correct per time-step, spike counts per site)`` over the test images.
 
     Spike counts come from the same simulate call (T = max(timestamps)), summed over the real
@@ -174,7 +174,7 @@ def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParal
         for i, (images, labels, k) in enumerate(padded_batches(test_ds, batch_size)):
             logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timestamps=timestamps,
                                                        key=jax.random.fold_in(base_key, i),
-                                                       return_spike_counts=True)
+                                                       return_spike_counts=True, dtype=dtype)
             pred = np.asarray(jnp.argmax(logits, -1))  # [len(timestamps), batch]
             correct += np.sum(pred[:, :k] == labels[None, :k], axis=1)
             batch_counts = {name: np.asarray(c, np.float64) for name, c in batch_counts.items()}
@@ -184,7 +184,7 @@ def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParal
     if pad_rows:
         zeros = np.zeros((batch_size, *test_ds.image_shape), np.float32)
         _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timestamps=timestamps,
-                                             key=base_key, return_spike_counts=True)
+                                             key=base_key, return_spike_counts=True, dtype=dtype)
         counts = {n: np.maximum(c - np.asarray(zero_counts[n], np.float64) * (pad_rows / batch_size), 0.0)
                   for n, c in counts.items()}
     return correct, counts
@@ -195,7 +195,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
                      calibration_batch_count: int = 12, limit: Optional[int] = None, codec: str = "float",
                      schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
                      progress: bool = True, log: Callable[[str], None] = print,
-                     devices: Optional[Sequence] = None) -> dict:
+                     devices: Optional[Sequence] = None, dtype: Optional[str] = None) -> dict:
     """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
 
     Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
@@ -207,6 +207,9 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
     batch_size = _positive("batch-size", batch_size)
     calibration_batch_count = _positive("calibration-batches", calibration_batch_count)
     limit = _positive("limit", limit, allow_none=True)
+    if dtype not in (None, "float32", "bfloat16"):
+        raise ConvertError(f"unknown dtype {dtype!r}; supported: float32, bfloat16")
+    dtype = None if dtype == "float32" else dtype
     if codec not in CODECS:
         raise ConvertError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
     if dataset is not None and dataset not in data.SUPPORTED:  # before the (slow) checkpoint load
@@ -245,7 +248,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
             log(f"{name}: n/a ({_one_line(e)})")
             continue
         t1 = time.perf_counter()
-        correct, counts = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name)
+        correct, counts = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name, dtype=dtype)
         t2 = time.perf_counter()
         stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
         t3 = time.perf_counter()
@@ -268,6 +271,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
         num_test_images=n,
         timesteps=list(timesteps),
         settings=dict(dynamics=list(dynamics), codec=codec, schedule=schedule, eta0=eta0, gamma=gamma,
+                      dtype=dtype or "float32",
                       batch_size=batch_size, eval_batch_size=eval_batch, limit=limit,
                       data_dir=data_dir),
         calibration=dict(split="train", batches=len(calib), batch_size=batch_size,

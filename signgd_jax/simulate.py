@@ -129,8 +129,11 @@ def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool,
     def body(carry, inputs):
         state, buffer, counts = carry
         eta, row, step_key = inputs
-        state, logits, spikes = step(snn, state, images, eta, step_key)
-        buffer = jax.lax.dynamic_update_index_in_dim(buffer, logits, row, 0)
+        new_state, logits, spikes = step(snn, state, images, eta, step_key)
+        # a model op may promote a reduced-precision value (e.g. a float32 constant): keep the
+        # carry in the dtype it started with
+        state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_state, state)
+        buffer = jax.lax.dynamic_update_index_in_dim(buffer, logits.astype(buffer.dtype), row, 0)
         if counts is not None:
             counts = {k: counts[k] + jnp.sum(spikes[k], axis=0) for k in counts}
         return (state, buffer, counts), None

@@ -188,6 +188,7 @@ BAD_INPUTS = {
     "letters timestep": (["--timesteps", "a,b"], "timesteps must be positive integers"),
     "fractional timestep": (["--timesteps", "1.5"], "timesteps must be positive integers"),
     "unknown dynamics": (["--dynamics", "paper,lif"], "unknown dynamics 'lif'"),
+    "unknown dtype": (["--dtype", "float16"], "unknown dtype 'float16'"),
     "not prepared": (["--dataset", "mnist", "--data-dir", "{root}/bad/empty_data"], "tfds build mnist"),
     "incompatible dataset": (["--dataset", "cifar10"], "does not fit the model"),
     "bad batch size": (["--batch-size", "0"], "batch-size must be a positive integer"),
