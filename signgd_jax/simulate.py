@@ -138,9 +138,8 @@ def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool,
             counts = {k: counts[k] + jnp.sum(spikes[k], axis=0) for k in counts}
         return (state, buffer, counts), None
 
-    if with_spike_counts:
-        shapes = jax.eval_shape(lambda s: step(snn, s, images, etas[0], None if keys is None else keys[0])[2], state)
-        counts = {k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}
+    if with_spike_counts:  # one counter per neuron position, shaped like its output estimate
+        counts = {k: jnp.zeros(n["v"].shape[1:], jnp.float32) for k, n in state["neurons"].items()}
     (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys))
     return buffer[:-1].astype(jnp.float32), counts
 
