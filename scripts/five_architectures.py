@@ -25,6 +25,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 MODELS = ("convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini")
 DATASET = "mnist5k"
+# ResMLP has no normalisation: its GELU targets grow to ~90 and saturate paper-mode neurons (+-2.9 by
+# T=64); a range penalty during training keeps them within the bound (signgd_jax.regularize).
+RANGE_PENALTY = {"resmlp_mini": 0.1}
+
+
+def parse_penalties(text: str) -> dict:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            out[name.strip()] = float("nan")
+        if not out[name.strip()] >= 0:
+            raise ValueError(f"--range-penalty: expected MODEL=LAMBDA with LAMBDA >= 0, got {item!r}")
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=0.05, help="weight decay (default 0.05)")
     a("--augment", action=argparse.BooleanOptionalAction, default=True,
       help="random 2-pixel shifts of the digits (default on)")
+    a("--range-penalty", default=",".join(f"{k}={v}" for k, v in RANGE_PENALTY.items()), metavar="MODEL=LAMBDA,...",
+      help="conversion-aware training (train --range-penalty) for these models (default "
+      + ",".join(f"{k}={v}" for k, v in RANGE_PENALTY.items()) + "; '' for none)")
+    a("--range-bound", type=float, default=2.0, help="bound of --range-penalty (default 2.0)")
     a("--runs-dir", default="runs", help="parent of the training workdirs (default runs/)")
     a("--results-dir", default="results", help="where the table goes (default results/)")
     a("--data-dir", default=None, help="TFDS data dir (default: signgd_jax.data's)")
@@ -73,7 +93,11 @@ def markdown(summary: dict, table_ts: list[int]) -> str:
         "",
         f"Training: {summary['settings']['epochs']} epoch(s) per model, {summary['settings']['optimizer']} "
         f"lr {summary['settings']['lr']} (cosine) weight decay {summary['settings']['weight_decay']}, "
-        f"augmentation {'on' if summary['settings']['augment'] else 'off'}, batch 128. "
+        f"augmentation {'on' if summary['settings']['augment'] else 'off'}, batch 128"
+        + "".join(f"; {k} with range penalty {v} (bound {summary['settings']['range_bound']}, "
+                  "`python -m train --range-penalty`)" for k, v in summary["settings"]["range_penalty"].items()
+                  if k in summary["models"])
+        + ". "
         f"Test images: {first['num_test_images']}. Calibration: {first['calibration']['batches']} training "
         f"batches of {first['calibration']['batch_size']} (seed {first['calibration']['seed']}). Codec "
         f"{first['settings']['codec']}, exponential schedule eta0={first['settings']['eta0']}, "
@@ -119,12 +143,17 @@ def main(argv=None) -> int:
         unknown = [m for m in models if ":" not in m and m not in zoo.available()]
         if unknown:
             raise ConvertError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(zoo.available())}")
+        try:
+            penalties = parse_penalties(args.range_penalty)
+        except ValueError as e:
+            raise ConvertError(str(e)) from None
         table_ts = list(parse_timesteps(args.table_timesteps))
         timesteps = parse_timesteps(list(parse_timesteps(args.timesteps)) + table_ts)
         dynamics = parse_dynamics(args.dynamics)
         summary = dict(command="python scripts/five_architectures.py " + shlex.join(argv), machine=machine_info(),
                        settings=dict(dataset=DATASET, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
                                      weight_decay=args.weight_decay, augment=args.augment, limit=args.limit,
+                                     range_penalty=penalties, range_bound=args.range_bound,
                                      limit_train=args.limit_train, timesteps=list(timesteps),
                                      dynamics=list(dynamics)),
                        models={})
@@ -137,7 +166,9 @@ def main(argv=None) -> int:
                                                    optimizer=args.optimizer, lr=args.lr,
                                                    weight_decay=args.weight_decay, augment=args.augment,
                                                    data_dir=args.data_dir, limit_train=args.limit_train,
-                                                   progress=args.progress),
+                                                   range_penalty=penalties.get(name, 0.0),
+                                                   range_bound=args.range_bound if penalties.get(name)
+                                                   else train.TrainConfig.range_bound, progress=args.progress),
                                  log=lambda msg: print(f"   {msg}", flush=True))
             except train.ConfigError as e:
                 if "different settings" not in str(e):

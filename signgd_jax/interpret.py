@@ -86,13 +86,15 @@ def _bind(eqn, values):
 
 
 def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: Callable,
-        counter: list | None = None, affine_rule: Callable | None = None):
+        counter: list | None = None, affine_rule: Callable | None = None, strict: bool = True):
     """Evaluates ``closed`` on ``args``; returns ``(outputs, output_is_dynamic)``.
 
     ``counter`` numbers the sites in evaluation order, which is the same for every trace of
     one model, so a site's index identifies it across batch sizes and passes.
     ``affine_rule(eqn, values, dynamic)``, if given, evaluates the affine equations on dynamic
     values instead (returning their outputs, or None for the ordinary evaluation).
+    With ``strict=False`` other nonlinear operations on dynamic values are evaluated as they
+    are instead of raising (for training-time passes, e.g. BatchNorm in training mode).
     """
     counter = [0] if counter is None else counter
     env = {}
@@ -125,11 +127,13 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
                 inputs = [values[dyn.index(True)]]
             outs, out_dyn = [on_site(index, kind, options, inputs)], True
         elif (sub := _sub_jaxpr(eqn)) is not None:
-            outs, dyn_list = run(sub, values, dyn, on_site, counter, affine_rule)
+            outs, dyn_list = run(sub, values, dyn, on_site, counter, affine_rule, strict)
             out_dyn = any(dyn_list)
         elif _affine_ok(name, dyn):
             outs = affine_rule(eqn, values, dyn) if affine_rule else None
             outs, out_dyn = (_bind(eqn, values) if outs is None else outs), True
+        elif not strict:
+            outs, out_dyn = _bind(eqn, values), True
         else:
             hint = _HINTS.get(name)
             raise UnsupportedOperation(

@@ -93,6 +93,8 @@ def test_finished_run_is_not_repeated(trained, capsys):
     assert len(_lines(os.path.join(workdir, "metrics.jsonl"))) == 3
     with pytest.raises(train.ConfigError, match="different settings.*lr"):
         train.run(TrainConfig(**{**cfg.__dict__, "lr": 0.05}))
+    with pytest.raises(train.ConfigError, match="different settings.*range_penalty"):
+        train.run(TrainConfig(**{**cfg.__dict__, "range_penalty": 0.1}))
 
 
 def test_workdir_in_use(tmp_path, mnist5k_dir):
@@ -140,6 +142,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, mnist5k_dir):
     (["--batch-size", "0"], "batch-size"),
     (["--dataset", "cifar10"], "tfds build cifar10"),
     (["--epochs", "ten"], "invalid int value"),
+    (["--range-penalty", "-1"], "range-penalty must be >= 0"),
+    (["--range-bound", "0"], "range-bound must be positive"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
     base = {"--model": MODEL, "--workdir": str(tmp_path / "w"), "--data-dir": str(tmp_path),

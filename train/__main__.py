@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     a("--optimizer", choices=("sgd", "adamw"), default="sgd",
       help="sgd: the paper's recipe (default); adamw: faster for LayerNorm/GELU models "
       "(use e.g. --lr 0.002 --weight-decay 0.05)")
+    a("--range-penalty", type=float, default=0.0, metavar="LAMBDA",
+      help="conversion-aware training: add LAMBDA * mean(relu(|target| - bound)^2) over the "
+      "non-ReLU neurons (GELU, LayerNorm, max, ...) to the loss, so paper-mode neurons stay in "
+      "their reachable range (default 0: off)")
+    a("--range-bound", type=float, default=2.5, help="bound of --range-penalty (default 2.5; "
+      "paper-mode estimates reach at most 2.89 by T=64)")
     a("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random crop (pad 4) + horizontal flip; default: on for CIFAR only")

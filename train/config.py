@@ -16,6 +16,8 @@ CONFIG_FORMAT = 1
 # result; every other field of config.json must match for a resume.
 _RESUME_FREE = frozenset({"data_dir", "checkpoint_every", "keep_checkpoints",
                           "eval_batch_size", "progress"})
+# Settings added after config.json's format 1 was fixed: a workdir without them used these.
+_LATER_DEFAULTS = {"range_penalty": 0.0, "range_bound": 2.5}
 
 
 class TrainError(Exception):
@@ -55,6 +57,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_batch_size: int = 500
     progress: bool = True
+    range_penalty: float = 0.0
+    range_bound: float = 2.5
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one-line message) on an impossible setting."""
@@ -80,6 +84,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.range_penalty >= 0:
+            raise ConfigError(f"range-penalty must be >= 0, got {self.range_penalty!r}")
+        if not self.range_bound > 0:
+            raise ConfigError(f"range-bound must be positive, got {self.range_bound!r}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay!r}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -150,6 +158,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def check_resumable(old: dict, new: dict) -> None:
     """Raise :class:`ConfigError` when a workdir's config.json differs in a result-changing way."""
     new = json.loads(json.dumps(new))
+    old = {**_LATER_DEFAULTS, **old}
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if k not in _RESUME_FREE and old.get(k) != new.get(k)]
     if diffs:

@@ -23,6 +23,7 @@ import optax
 from tqdm.auto import tqdm
 
 from signgd_jax import data
+from signgd_jax.regularize import with_range_penalty
 from train import checkpoint as ckpt
 from train.config import (CONFIG_FILE, METRICS_FILE, ConfigError, TrainConfig, build_model,
                           check_resumable, config_record, read_json, write_json_atomic)
@@ -48,19 +49,27 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
         optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
 
 
-def _make_steps(model, tx, mutable: tuple, dropout_key, batch_size: int):
+def _make_steps(model, tx, mutable: tuple, dropout_key, batch_size: int,
+                range_penalty: float = 0.0, range_bound: float = 2.5):
+    # Conversion-aware training (signgd_jax.regularize): loss + range_penalty * R, where R
+    # penalises non-ReLU neuron targets beyond +-range_bound.
+    apply = model.apply
+    if range_penalty:
+        apply = with_range_penalty(model.apply, range_bound)
+
     def train_step(variables, state, images, labels):
         rng = jax.random.fold_in(dropout_key, state["step"])
 
         def loss_fn(params):
             v = {**variables, "params": params}
+            kwargs = dict(train=True, rngs={"dropout": rng})
             if mutable:
-                logits, updates = model.apply(v, images, train=True, mutable=list(mutable),
-                                              rngs={"dropout": rng})
-            else:
-                logits, updates = model.apply(v, images, train=True, rngs={"dropout": rng}), {}
+                kwargs["mutable"] = list(mutable)
+            out = apply(v, images, **kwargs)
+            out, penalty = out if range_penalty else (out, 0.0)
+            logits, updates = out if mutable else (out, {})
             loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels).mean()
+                logits.astype(jnp.float32), labels).mean() + range_penalty * penalty
             return loss, (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -222,7 +231,8 @@ def run(config: TrainConfig, model=None, log: Callable[[str], None] = print) -> 
             metrics_path = os.path.join(workdir, METRICS_FILE)
             _write_metrics(metrics_path, meta["history"])  # drop lines past the checkpoint
             history = list(meta["history"])
-            train_step, eval_step = _make_steps(model, tx, mutable, dropout_key, bs)
+            train_step, eval_step = _make_steps(model, tx, mutable, dropout_key, bs,
+                                                cfg.range_penalty, cfg.range_bound)
             kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
             lr_at = (optax.cosine_decay_schedule(cfg.lr, max(total, 1))
                      if cfg.schedule == "cosine" else (lambda s: cfg.lr))
