@@ -3,9 +3,10 @@
     images --encode--> scan(t = 1..T: codec, neurons in topological order, decoder) --> logits[t]
 
 Within a step the codec, every neuron and the decoder use the spikes of the same step (no
-delay). The scan carry holds the codec state, every neuron's input and output estimates, the
-decoder's estimate and a buffer with one row per requested time-step, so memory does not grow
-with T. Neuron state is a pytree keyed by site name; nothing lives in Python objects.
+delay). The scan carry holds the codec state, every neuron's output estimate and a buffer with
+one row per requested time-step, so memory does not grow with T. Neuron state is a pytree keyed
+by site name; nothing lives in Python objects. Input estimates are not stored: they are the
+affine layers applied to the output estimates below (see :func:`step`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from signgd_jax import interpret
 from signgd_jax.convert import SNN, site_name
-from signgd_jax.dynamics import average, encode, fire, step_output, subgradient_step_sizes, track_input
+from signgd_jax.dynamics import average, encode, fire, step_output, subgradient_step_sizes
 
 
 def check_timestamps(timestamps) -> tuple[int, ...]:
@@ -35,7 +36,7 @@ def check_timestamps(timestamps) -> tuple[int, ...]:
 
 
 def initial_state(snn: SNN, images):
-    """Neuron, codec and decoder state at t = 0 for a batch of images."""
+    """Neuron and codec (and, for the baseline, decoder) state at t = 0 for a batch of images."""
     batch = images.shape[0]
 
     def per_batch(a):
@@ -43,59 +44,85 @@ def initial_state(snn: SNN, images):
 
     neurons = {}
     for name, kind, _ in snn.site_kinds:
-        params = snn.sites[name]
-        if snn.mode == "if" and kind == "maximum":
-            continue  # the baseline's max-pooling is a stateless max of spikes
-        xs = [per_batch(a0) for a0 in params["a0"]]
-        neurons[name] = dict(x=xs, v=jnp.zeros_like(xs[0]))
-    decoder = per_batch(snn.decoder["a0"])
+        a0 = snn.sites[name]["a0"]
+        if snn.mode != "if":  # output estimates in the units of phi: out_offset + out_scale * v_0
+            offset = snn.sites[name].get("out_offset", jnp.zeros_like(a0[0]))
+            neurons[name] = dict(v=jnp.broadcast_to(offset, (batch, *a0[0].shape[1:])).astype(a0[0].dtype))
+        elif kind != "maximum":  # the baseline's max-pooling is a stateless max of spikes
+            xs = [per_batch(a) for a in a0]
+            neurons[name] = dict(x=xs, v=jnp.zeros_like(xs[0]))
+    state = dict(codec=jnp.zeros_like(images), neurons=neurons)
     if snn.mode == "if":
-        decoder = jnp.zeros_like(decoder)
-    return dict(codec=jnp.zeros_like(images), neurons=neurons, decoder=decoder)
+        state["decoder"] = jnp.zeros((batch, *snn.decoder["a0"].shape[1:]), snn.decoder["a0"].dtype)
+    return state
 
 
-def _neuron(snn: SNN, state, new_state, spikes, eta):
-    """``on_site`` for the SNN step: updates one neuron from this step's input ``A(s_t)``."""
+def _signgd_neuron(snn: SNN, state, new_state, spikes, eta):
+    """``on_site`` for a signGD step: ``inputs`` are this step's input estimates ``x_t``.
+
+    The state is the output estimate in the units of ``phi``, ``u = out_offset + out_scale * v``
+    (paper-mode ReLU: ``u = m v``), so that it is also the value passed on: one pass over memory
+    per neuron and step. ``H(v - phi(x s)) = H(u - phi(x))`` (ReLU is positively homogeneous;
+    improved mode compares ``o + r v`` with ``phi`` by definition), and ``v``'s sign step of
+    ``eta_t`` is a step of ``r eta_t`` in ``u``.
+    """
 
     def on_site(index, kind, options, inputs):
         name = site_name(index, kind)
         params = snn.sites[name]
-        if "in_scale" in params:
-            inputs = [z * params["in_scale"] for z in inputs]
-        if snn.mode == "if":
-            if kind == "maximum":
-                return jnp.maximum(*inputs)
-            old = state[name]
-            x = average(old["x"][0], inputs[0], eta)
-            spike = (x > old["v"]).astype(x.dtype)
-            new_state[name] = dict(x=[x], v=average(old["v"], spike, eta))
-        else:
-            old = state[name]
-            xs = [track_input(x, z, off, eta) for x, z, off in zip(old["x"], inputs, params["offset"])]
-            spike = fire(kind, old["v"], xs, options, params.get("out_offset"), params.get("out_scale"))
-            new_state[name] = dict(x=xs, v=step_output(old["v"], spike, eta))
+        u = state[name]["v"]
+        spike = fire(kind, u, inputs, options)
+        step_size = eta * params["out_scale"] if "out_scale" in params else eta
+        u = step_output(u, spike, step_size)
+        new_state[name] = dict(v=u)
         spikes[name] = spike
-        out = spike * params["out_scale"] if "out_scale" in params else spike
-        return out + params["out_offset"] if "out_offset" in params else out
+        return u
+
+    return on_site
+
+
+def _if_neuron(snn: SNN, state, new_state, spikes, eta):
+    """``on_site`` for a baseline step: ``inputs`` are ``A(s_t)``, the input of this step's spikes."""
+
+    def on_site(index, kind, options, inputs):
+        name = site_name(index, kind)
+        params = snn.sites[name]
+        inputs = [z * params["in_scale"] for z in inputs] if "in_scale" in params else inputs
+        if kind == "maximum":
+            return jnp.maximum(*inputs)
+        old = state[name]
+        x = average(old["x"][0], inputs[0], eta)
+        spike = (x > old["v"]).astype(x.dtype)
+        new_state[name] = dict(x=[x], v=average(old["v"], spike, eta))
+        spikes[name] = spike
+        return spike * params["out_scale"] if "out_scale" in params else spike
 
     return on_site
 
 
 def step(snn: SNN, state, images, eta, key=None):
-    """One time-step of the whole network; returns ``(new_state, logits_t, spikes_t)``."""
-    if snn.mode == "if":
-        emitted, codec_state = images, state["codec"]  # the baseline feeds the image as is
-    else:
-        emitted, codec_state = encode(snn.codec, state["codec"], images, eta, key,
-                                      exact=snn.mode == "improved")
+    """One time-step of the whole network; returns ``(new_state, logits_t, spikes_t)``.
+
+    signGD modes evaluate the network on the estimates themselves. A neuron's input estimate
+    ``x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))``, ``x_0 = A(0)``, equals ``A(v_t)`` exactly,
+    ``v_t`` being the upstream output estimates (the codec's ``f_t`` for the input layer), since
+    ``v_t - v_{t-1} = -eta_t (2 s_t - 1)`` and ``A`` is affine; the decoder's ``y_t`` is likewise
+    the network output on them. So a neuron keeps only ``v`` and reads ``x_t`` from the layer
+    below: one read and one write of state per neuron and step instead of three of each, with
+    the same spikes and values up to float rounding (which can flip a spike at a near-tie; see
+    DESIGN 1b). The integrate-and-fire baseline keeps its max of spikes, which is not
+    affine, so it tracks its inputs step by step.
+    """
     neurons, spikes = {}, {}
-    a_now = interpret.evaluate(snn.apply_fn, snn.variables, emitted,
-                               _neuron(snn, state["neurons"], neurons, spikes, eta))
-    if snn.mode == "if":
+    if snn.mode == "if":  # the baseline feeds the image as is and averages A(s_t)
+        a_now = interpret.evaluate(snn.apply_fn, snn.variables, images,
+                                   _if_neuron(snn, state["neurons"], neurons, spikes, eta))
         logits = average(state["decoder"], a_now, eta)
-    else:
-        logits = track_input(state["decoder"], a_now, snn.decoder["offset"], eta)
-    return dict(codec=codec_state, neurons=neurons, decoder=logits), logits, spikes
+        return dict(codec=state["codec"], neurons=neurons, decoder=logits), logits, spikes
+    _, estimate = encode(snn.codec, state["codec"], images, eta, key, exact=snn.mode == "improved")
+    logits = interpret.evaluate(snn.apply_fn, snn.variables, estimate,
+                                _signgd_neuron(snn, state["neurons"], neurons, spikes, eta))
+    return dict(codec=estimate, neurons=neurons), logits, spikes
 
 
 def cast(snn: SNN, dtype) -> SNN:
@@ -122,8 +149,8 @@ def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool,
     # Only the stochastic codec draws random numbers; the others carry no keys through the scan.
     keys = jax.random.split(key, num_steps) if snn.codec == "stochastic" and snn.mode != "if" else None
     state = initial_state(snn, images)
-    num_classes = state["decoder"].shape[1:]
-    buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), state["decoder"].dtype)
+    num_classes = snn.decoder["a0"].shape[1:]
+    buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), snn.decoder["a0"].dtype)
     counts = None
 
     def body(carry, inputs):

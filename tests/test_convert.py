@@ -193,6 +193,46 @@ def test_simulate_is_exact_at_every_requested_step_and_unbounded():
         sg.simulate(snn, x, timestamps=(0, 4))
 
 
+def _literal_signgd(snn, x, num_steps):
+    """DESIGN section 1 step by step: every neuron tracks its input estimate from this step's
+    spikes, ``x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))``, its output ``v`` in the units of
+    the scaled neuron, and the decoder tracks the logits the same way."""
+    from signgd_jax.convert import site_name
+    from signgd_jax.dynamics import encode, fire, step_output, track_input
+
+    sites = snn.sites
+    xs = {n: [jnp.broadcast_to(a, (x.shape[0], *a.shape[1:])) for a in p["a0"]] for n, p in sites.items()}
+    vs = {n: jnp.zeros_like(v[0]) for n, v in xs.items()}
+    y, f, out = jnp.broadcast_to(snn.decoder["a0"], (x.shape[0], 10)), jnp.zeros_like(x), []
+    for eta in snn.schedule.step_sizes(num_steps):
+        emitted, f = encode(snn.codec, f, x, eta, exact=snn.mode == "improved")
+
+        def on_site(index, kind, options, inputs):
+            name, p = site_name(index, kind), sites[site_name(index, kind)]
+            inputs = [z * p["in_scale"] for z in inputs] if "in_scale" in p else inputs
+            xs[name] = [track_input(a, z, o, eta) for a, z, o in zip(xs[name], inputs, p["offset"])]
+            spike = fire(kind, vs[name], xs[name], options, p.get("out_offset"), p.get("out_scale"))
+            vs[name] = step_output(vs[name], spike, eta)
+            spike = spike * p["out_scale"] if "out_scale" in p else spike
+            return spike + p["out_offset"] if "out_offset" in p else spike
+
+        y = track_input(y, interpret.evaluate(snn.apply_fn, snn.variables, emitted, on_site), snn.decoder["offset"], eta)
+        out.append(y)
+    return jnp.stack(out)
+
+
+@pytest.mark.parametrize("dynamics", ["paper", "improved"])
+def test_simulation_equals_the_literal_equations(dynamics):
+    """simulate() reads input estimates as A(v) of the layer below instead of tracking them from
+    spikes: the same network, step by step (up to float rounding)."""
+    model, x = Net(), images(6)
+    variables = randomised(model.init(jax.random.PRNGKey(0), x))
+    snn = sg.convert(model, variables, [x], dynamics=dynamics)
+    literal = _literal_signgd(snn, x, 24)
+    fast = sg.simulate(snn, x, timestamps=range(1, 25))
+    np.testing.assert_allclose(fast, literal, atol=1e-4, rtol=1e-4)
+
+
 def test_simulate_vmaps_over_schedule():
     model, x = ConvBN(), images(4)
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
