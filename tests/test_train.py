@@ -90,6 +90,13 @@ def test_finished_run_is_not_repeated(trained, capsys):
                       limit_test=500, data_dir=data_dir, checkpoint_every=10, progress=False)
     assert train.run(cfg) == final
     assert "already finished" in capsys.readouterr().out
+    # a workdir written before the range-penalty settings existed is still this run
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        record = json.load(f)
+    with open(path, "w") as f:
+        json.dump({k: v for k, v in record.items() if not k.startswith("range_")}, f)
+    assert train.run(cfg) == final
     assert len(_lines(os.path.join(workdir, "metrics.jsonl"))) == 3
     with pytest.raises(train.ConfigError, match="different settings.*lr"):
         train.run(TrainConfig(**{**cfg.__dict__, "lr": 0.05}))

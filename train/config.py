@@ -158,7 +158,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def check_resumable(old: dict, new: dict) -> None:
     """Raise :class:`ConfigError` when a workdir's config.json differs in a result-changing way."""
     new = json.loads(json.dumps(new))
-    old = {**_LATER_DEFAULTS, **old}
+    old = {**old, **{k: v for k, v in _LATER_DEFAULTS.items() if old.get(k) is None}}
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if k not in _RESUME_FREE and old.get(k) != new.get(k)]
     if diffs:
