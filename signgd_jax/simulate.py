@@ -10,7 +10,6 @@ affine layers applied to the output estimates below (see :func:`step`).
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import jax
@@ -133,8 +132,7 @@ def cast(snn: SNN, dtype) -> SNN:
                        sites=jax.tree_util.tree_map(to, snn.sites), decoder=jax.tree_util.tree_map(to, snn.decoder))
 
 
-@partial(jax.jit, static_argnames=("timestamps", "with_spike_counts", "dtype"))
-def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None):
+def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None):
     num_steps = max(timestamps)
     if snn.mode == "if":
         etas = subgradient_step_sizes(num_steps)
@@ -171,6 +169,35 @@ def _simulate(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool,
     return buffer[:-1].astype(jnp.float32), counts
 
 
+_STATIC = ("timestamps", "with_spike_counts", "dtype")
+_simulate = jax.jit(_simulate_impl, static_argnames=_STATIC)
+# XLA:CPU's YNNPACK fusions run this loop's many small convolutions and matmuls slower than XLA's
+# own kernels (12-17% of the simulation time of the five small models, benchmarks/simulate.py).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_simulate_cpu = jax.jit(_simulate_impl, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
+
+
+def compiled_simulation(snn: SNN, images, key=None):
+    """The jitted simulation, called as ``fn(snn, images, key, timestamps, with_spike_counts, dtype)``:
+    with :data:`CPU_COMPILER_OPTIONS` for concrete arrays on CPU, XLA's defaults otherwise (other
+    platforms, and inside a caller's ``jit``/``vmap``, where compiler options cannot be set)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((snn, images, key))):
+        return _simulate
+    devices = getattr(images, "devices", None)
+    platform = next(iter(devices())).platform if callable(devices) else jax.default_backend()
+    return _simulate_cpu if platform == "cpu" else _simulate
+
+
+def _run(*args):
+    fn = compiled_simulation(*args[:3])
+    try:
+        return fn(*args)
+    except jax.errors.JaxRuntimeError as e:  # a jaxlib without the option: XLA's defaults
+        if fn is not _simulate_cpu or "xla_cpu_experimental_ynn_fusion_type" not in str(e):
+            raise
+        return _simulate(*args)
+
+
 def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
              return_spike_counts: bool = False, dtype=None):
     """Runs the SNN on ``images`` and returns the decoded logits at each requested time-step.
@@ -186,5 +213,5 @@ def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 
     images = jnp.asarray(images, jnp.float32)
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = None if dtype is None else jnp.dtype(dtype)
-    logits, counts = _simulate(snn, images, key, timestamps, return_spike_counts, dtype)
+    logits, counts = _run(snn, images, key, timestamps, return_spike_counts, dtype)
     return (logits, counts) if return_spike_counts else logits

@@ -233,6 +233,19 @@ def test_simulation_equals_the_literal_equations(dynamics):
     np.testing.assert_allclose(fast, literal, atol=1e-4, rtol=1e-4)
 
 
+def test_platform_compiler_options_keep_results():
+    from signgd_jax.simulate import _simulate, _simulate_cpu, compiled_simulation
+
+    model, x = Net(), images(4)
+    snn = sg.convert(model, model.init(jax.random.PRNGKey(0), x), [x])
+    key = jax.random.PRNGKey(0)
+    assert compiled_simulation(snn, x, key) is (_simulate_cpu if jax.default_backend() == "cpu" else _simulate)
+    plain, _ = _simulate(snn, x, key, (5, 20), False)
+    np.testing.assert_allclose(sg.simulate(snn, x, (5, 20)), plain, atol=1e-5)
+    # inside a caller's jit no options can be set: the plain compilation is used
+    np.testing.assert_allclose(jax.jit(lambda s, z: sg.simulate(s, z, (5, 20)))(snn, x), plain, atol=1e-5)
+
+
 def test_simulate_vmaps_over_schedule():
     model, x = ConvBN(), images(4)
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
