@@ -107,9 +107,9 @@ def step(snn: SNN, state, images, eta, key=None):
     ``v_t`` being the upstream output estimates (the codec's ``f_t`` for the input layer), since
     ``v_t - v_{t-1} = -eta_t (2 s_t - 1)`` and ``A`` is affine; the decoder's ``y_t`` is likewise
     the network output on them. So a neuron keeps only ``v`` and reads ``x_t`` from the layer
-    below: one read and one write of state per neuron and step instead of three of each, with
-    the same spikes and values up to float rounding (which can flip a spike at a near-tie; see
-    DESIGN 1b). The integrate-and-fire baseline keeps its max of spikes, which is not
+    below: one state array per neuron, read and written once per step, instead of ``x``, ``v``
+    and a separate output; the same spikes and values up to float rounding (which can flip a
+    spike at a near-tie; see DESIGN 1b). The integrate-and-fire baseline keeps its max of spikes, which is not
     affine, so it tracks its inputs step by step.
     """
     neurons, spikes = {}, {}
