@@ -33,12 +33,12 @@ RANGE_PENALTY = {"resmlp_mini": 0.1}
 def parse_penalties(text: str) -> dict:
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
-            out[name.strip()] = float(value) if sep else float("nan")
+            out[name.strip()] = lam = float(value)
         except ValueError:
-            out[name.strip()] = float("nan")
-        if not out[name.strip()] >= 0:
+            lam = float("nan")
+        if not lam >= 0:
             raise ValueError(f"--range-penalty: expected MODEL=LAMBDA with LAMBDA >= 0, got {item!r}")
     return out
 

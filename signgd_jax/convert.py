@@ -88,7 +88,7 @@ def _calibration_statistics(apply_fn, variables, batches):
         stats = {}
 
         def on_site(index, kind, options, inputs):
-            out = ann_op(kind, tuple(sorted(options.items())))(*inputs)
+            out = ann_op(kind, options)(*inputs)
             stats[site_name(index, kind)] = (out.max(0, keepdims=True), out.min(0, keepdims=True),
                                              out.sum(0, keepdims=True))
             return out
@@ -222,7 +222,7 @@ def _site_kinds(apply_fn, variables, sample):
 
     def on_site(index, kind, options, inputs):
         kinds[site_name(index, kind)] = (kind, options)
-        return ann_op(kind, tuple(sorted(options.items())))(*inputs)
+        return ann_op(kind, options)(*inputs)
 
     jax.eval_shape(lambda v, x: interpret.evaluate(apply_fn, v, x, on_site), variables, sample)
     return kinds

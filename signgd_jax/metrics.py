@@ -71,7 +71,7 @@ def fan_out(snn: SNN, sample):
     shapes = {}
 
     def record(index, kind, options, inputs):
-        out = ann_op(kind, tuple(sorted(options.items())))(*inputs)
+        out = ann_op(kind, options)(*inputs)
         shapes[site_name(index, kind)] = out
         return out
 
@@ -100,7 +100,7 @@ def ann_macs(snn: SNN, sample) -> float:
     """Multiply-accumulates of one ANN forward pass (from XLA's cost analysis, flops / 2)."""
     def forward(variables, x):
         return interpret.evaluate(snn.apply_fn, variables, x,
-                                  lambda i, k, o, ins: ann_op(k, tuple(sorted(o.items())))(*ins))
+                                  lambda i, k, o, ins: ann_op(k, o)(*ins))
 
     compiled = jax.jit(forward).lower(snn.variables, jnp.asarray(sample[:1], jnp.float32)).compile()
     cost = compiled.cost_analysis()

@@ -68,8 +68,8 @@ ANN_OPS = {
 }
 
 
-def ann_op(kind: str, options: tuple = ()):
-    """The ANN function of a site ``kind`` with its hashable ``options`` ((key, value) pairs)."""
+def ann_op(kind: str, options=()):
+    """The ANN function of a site ``kind`` with its ``options`` (a dict or (key, value) pairs)."""
     return partial(ANN_OPS[kind], **dict(options))
 
 

@@ -36,7 +36,7 @@ def with_range_penalty(apply_fn: Callable, bound: float = 2.5, exclude: Sequence
         terms = []
 
         def on_site(index, kind, options, inputs):
-            out = ann_op(kind, tuple(sorted(options.items())))(*inputs)
+            out = ann_op(kind, options)(*inputs)
             if kind not in exclude:
                 excess = jax.nn.relu(jnp.abs(out.astype(jnp.float32)) - bound)
                 terms.append(jnp.mean(jnp.square(excess)))

@@ -45,8 +45,7 @@ def initial_state(snn: SNN, images):
     for name, kind, _ in snn.site_kinds:
         a0 = snn.sites[name]["a0"]
         if snn.mode != "if":  # output estimates in the units of phi: out_offset + out_scale * v_0
-            offset = snn.sites[name].get("out_offset", jnp.zeros_like(a0[0]))
-            neurons[name] = dict(v=jnp.broadcast_to(offset, (batch, *a0[0].shape[1:])).astype(a0[0].dtype))
+            neurons[name] = dict(v=per_batch(snn.sites[name].get("out_offset", jnp.zeros_like(a0[0]))).astype(a0[0].dtype))
         elif kind != "maximum":  # the baseline's max-pooling is a stateless max of spikes
             xs = [per_batch(a) for a in a0]
             neurons[name] = dict(x=xs, v=jnp.zeros_like(xs[0]))

@@ -42,7 +42,7 @@ def tracked_ann(snn, x, reach=None):
         if kind in snn_nn.UNARY_KINDS:
             out = dynamics.target(kind, inputs[0] * scale, options)
         else:
-            out = snn_nn.ann_op(kind, tuple(sorted(options.items())))(*inputs)
+            out = snn_nn.ann_op(kind, options)(*inputs)
         if reach is not None:
             out = jnp.clip(out, -reach, reach)
         return out / scale
@@ -68,7 +68,7 @@ def test_porting_identities(name):
         p = snn.sites[f"{index:03d}_{kind}"]
         if kind == "relu":
             return jnp.maximum(inputs[0] * p["in_scale"], 0) / p["in_scale"]
-        return snn_nn.ann_op(kind, tuple(sorted(options.items())))(*inputs)
+        return snn_nn.ann_op(kind, options)(*inputs)
 
     assert float(jnp.abs(interpret.evaluate(snn.apply_fn, snn.variables, x, rescaled) - ann).max()) <= 1e-4 * scale
 

@@ -114,6 +114,11 @@ class Mlp(nn.Module):
         return nn.Dense(out, kernel_init=self.kernel_init, name="fc2")(x)
 
 
+def scaled_layer_norm(epsilon: float, scales: tuple[float, float], name: str):
+    """``signgd_jax.nn.LayerNorm`` with the zoo's ``ln_scales = (input_scale, normalized_scale)``."""
+    return snn.LayerNorm(epsilon, input_scale=scales[0], normalized_scale=scales[1], name=name)
+
+
 class LayerScale(nn.Module):
     """Per-channel learnable gain ``x * scale`` (CaiT / ConvNeXt layer scale)."""
 

@@ -36,7 +36,7 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 
 from signgd_jax import nn as snn
-from signgd_jax.models.common import DepthwiseConv, LayerScale, global_avg_pool
+from signgd_jax.models.common import DepthwiseConv, LayerScale, global_avg_pool, scaled_layer_norm
 
 LN_EPS = 1e-6
 
@@ -62,7 +62,7 @@ class ConvNeXtBlock(nn.Module):
         channels = x.shape[-1]
         init = _kernel_init(self.init_std)
         y = DepthwiseConv((self.kernel_size, self.kernel_size), kernel_init=init, name="dwconv")(x)
-        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(y)
+        y = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(y)
         y = nn.Dense(self.mlp_ratio * channels, kernel_init=init, name="pwconv1")(y)
         y = snn.gelu(y, self.gelu_approximate)
         y = nn.Dense(channels, kernel_init=init, name="pwconv2")(y)
@@ -86,7 +86,7 @@ class ConvNeXtStem(nn.Module):
         p = self.patch
         x = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
                     kernel_init=_kernel_init(self.init_std), name="conv")(x)
-        return snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
+        return scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(x)
 
 
 class Downsample(nn.Module):
@@ -99,7 +99,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
+        x = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(x)
         # 'SAME' pads nothing for even sizes; an odd size (7x7 on MNIST) keeps its last row/column.
         return nn.Conv(self.features, (2, 2), strides=(2, 2), padding="SAME",
                        kernel_init=_kernel_init(self.init_std), name="conv")(x)
@@ -164,7 +164,7 @@ class ConvNeXt(nn.Module):
                               self.gelu_approximate, eps, self.ln_scales, std,
                               name=f"stages_{i}")(x)
         x = global_avg_pool(x)
-        x = snn.LayerNorm(eps, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="head_norm")(x)
+        x = scaled_layer_norm(eps, self.ln_scales, "head_norm")(x)
         return nn.Dense(self.num_classes, kernel_init=_kernel_init(std), name="head")(x)
 
 

@@ -30,8 +30,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from signgd_jax import nn as snn
-from signgd_jax.models.common import Mlp
+from signgd_jax.models.common import Mlp, scaled_layer_norm
 
 LN_EPS = 1e-6
 
@@ -45,11 +44,11 @@ class MixerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # x: [B, N, C]
-        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm1")(x)
+        y = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm1")(x)
         y = jnp.swapaxes(y, -1, -2)
         y = Mlp(self.tokens_mlp_dim, gelu_approximate=self.gelu_approximate, name="token_mixing")(y)
         x = x + jnp.swapaxes(y, -1, -2)
-        y = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm2")(x)
+        y = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm2")(x)
         return x + Mlp(self.channels_mlp_dim, gelu_approximate=self.gelu_approximate, name="channel_mixing")(y)
 
 
@@ -83,7 +82,7 @@ class MlpMixer(nn.Module):
         for i in range(self.num_blocks):
             x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.gelu_approximate, self.ln_epsilon,
                            self.ln_scales, name=f"blocks_{i}")(x)
-        x = snn.LayerNorm(self.ln_epsilon, input_scale=self.ln_scales[0], normalized_scale=self.ln_scales[1], name="norm")(x)
+        x = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(x)
         x = jnp.mean(x, axis=-2)
         return nn.Dense(self.num_classes, name="head")(x)
 
