@@ -10,6 +10,7 @@ affine layers applied to the output estimates below (see :func:`step`).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import jax
@@ -18,6 +19,7 @@ import numpy as np
 
 from signgd_jax import interpret
 from signgd_jax.convert import SNN, site_name
+from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
 from signgd_jax.dynamics import average, encode, fire, step_output, subgradient_step_sizes
 
 
@@ -98,7 +100,7 @@ def _if_neuron(snn: SNN, state, new_state, spikes, eta):
     return on_site
 
 
-def step(snn: SNN, state, images, eta, key=None):
+def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
     """One time-step of the whole network; returns ``(new_state, logits_t, spikes_t)``.
 
     signGD modes evaluate the network on the estimates themselves. A neuron's input estimate
@@ -109,17 +111,18 @@ def step(snn: SNN, state, images, eta, key=None):
     below: one state array per neuron, read and written once per step, instead of ``x``, ``v``
     and a separate output; the same spikes and values up to float rounding (which can flip a
     spike at a near-tie; see DESIGN 1b). The integrate-and-fire baseline keeps its max of spikes, which is not
-    affine, so it tracks its inputs step by step.
+    affine, so it tracks its inputs step by step. ``affine_rule`` (``interpret.run``) may evaluate
+    the affine layers in another form, e.g. :func:`signgd_jax.cpu_forms.cpu_conv_rule`.
     """
     neurons, spikes = {}, {}
     if snn.mode == "if":  # the baseline feeds the image as is and averages A(s_t)
         a_now = interpret.evaluate(snn.apply_fn, snn.variables, images,
-                                   _if_neuron(snn, state["neurons"], neurons, spikes, eta))
+                                   _if_neuron(snn, state["neurons"], neurons, spikes, eta), affine_rule)
         logits = average(state["decoder"], a_now, eta)
         return dict(codec=state["codec"], neurons=neurons, decoder=logits), logits, spikes
     _, estimate = encode(snn.codec, state["codec"], images, eta, key, exact=snn.mode == "improved")
     logits = interpret.evaluate(snn.apply_fn, snn.variables, estimate,
-                                _signgd_neuron(snn, state["neurons"], neurons, spikes, eta))
+                                _signgd_neuron(snn, state["neurons"], neurons, spikes, eta), affine_rule)
     return dict(codec=estimate, neurons=neurons), logits, spikes
 
 
@@ -131,7 +134,8 @@ def cast(snn: SNN, dtype) -> SNN:
                        sites=jax.tree_util.tree_map(to, snn.sites), decoder=jax.tree_util.tree_map(to, snn.decoder))
 
 
-def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None):
+def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None,
+                   affine_rule=None):
     num_steps = max(timestamps)
     if snn.mode == "if":
         etas = subgradient_step_sizes(num_steps)
@@ -153,7 +157,7 @@ def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: 
     def body(carry, inputs):
         state, buffer, counts = carry
         eta, row, step_key = inputs
-        new_state, logits, spikes = step(snn, state, images, eta, step_key)
+        new_state, logits, spikes = step(snn, state, images, eta, step_key, affine_rule)
         # a model op may promote a reduced-precision value (e.g. a float32 constant): keep the
         # carry in the dtype it started with
         state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_state, state)
@@ -170,21 +174,25 @@ def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: 
 
 _STATIC = ("timestamps", "with_spike_counts", "dtype")
 _simulate = jax.jit(_simulate_impl, static_argnames=_STATIC)
-# XLA:CPU's YNNPACK fusions run this loop's many small convolutions and matmuls slower than XLA's
-# own kernels (12-17% of the simulation time of the five small models, benchmarks/simulate.py).
+# On CPU: convolutions in the forms XLA:CPU runs fastest (signgd_jax.cpu_forms), and without
+# XLA:CPU's YNNPACK fusions, which run this loop's many small convolutions and matmuls slower
+# than XLA's own kernels (12-17% of the simulation time of the five small models,
+# benchmarks/simulate.py). Compiler options cannot be set inside a caller's jit or vmap, hence
+# the variant without them.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_simulate_cpu = jax.jit(_simulate_impl, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
+_simulate_cpu_forms = jax.jit(partial(_simulate_impl, affine_rule=cpu_conv_rule), static_argnames=_STATIC)
+_simulate_cpu = jax.jit(partial(_simulate_impl, affine_rule=cpu_conv_rule), static_argnames=_STATIC,
+                        compiler_options=CPU_COMPILER_OPTIONS)
 
 
 def compiled_simulation(snn: SNN, images, key=None):
-    """The jitted simulation, called as ``fn(snn, images, key, timestamps, with_spike_counts, dtype)``:
-    with :data:`CPU_COMPILER_OPTIONS` for concrete arrays on CPU, XLA's defaults otherwise (other
-    platforms, and inside a caller's ``jit``/``vmap``, where compiler options cannot be set)."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((snn, images, key))):
+    """The jitted simulation for where these arrays live, called as ``fn(snn, images, key,
+    timestamps, with_spike_counts, dtype)``: on CPU with :mod:`signgd_jax.cpu_forms` and, for
+    concrete arrays, :data:`CPU_COMPILER_OPTIONS`; XLA's defaults on other platforms."""
+    if platform_of(images, snn, key) != "cpu":
         return _simulate
-    devices = getattr(images, "devices", None)
-    platform = next(iter(devices())).platform if callable(devices) else jax.default_backend()
-    return _simulate_cpu if platform == "cpu" else _simulate
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((snn, images, key)))
+    return _simulate_cpu_forms if traced else _simulate_cpu
 
 
 def _run(*args):
@@ -194,7 +202,7 @@ def _run(*args):
     except jax.errors.JaxRuntimeError as e:  # a jaxlib without the option: XLA's defaults
         if fn is not _simulate_cpu or "xla_cpu_experimental_ynn_fusion_type" not in str(e):
             raise
-        return _simulate(*args)
+        return _simulate_cpu_forms(*args)
 
 
 def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,

@@ -234,16 +234,21 @@ def test_simulation_equals_the_literal_equations(dynamics):
 
 
 def test_platform_compiler_options_keep_results():
-    from signgd_jax.simulate import _simulate, _simulate_cpu, compiled_simulation
+    from signgd_jax.simulate import _simulate, _simulate_cpu, _simulate_cpu_forms, compiled_simulation
 
     model, x = Net(), images(4)
     snn = sg.convert(model, model.init(jax.random.PRNGKey(0), x), [x])
     key = jax.random.PRNGKey(0)
-    assert compiled_simulation(snn, x, key) is (_simulate_cpu if jax.default_backend() == "cpu" else _simulate)
+    on_cpu = jax.default_backend() == "cpu"
+    assert compiled_simulation(snn, x, key) is (_simulate_cpu if on_cpu else _simulate)
     plain, _ = _simulate(snn, x, key, (5, 20), False)
     np.testing.assert_allclose(sg.simulate(snn, x, (5, 20)), plain, atol=1e-5)
-    # inside a caller's jit no options can be set: the plain compilation is used
-    np.testing.assert_allclose(jax.jit(lambda s, z: sg.simulate(s, z, (5, 20)))(snn, x), plain, atol=1e-5)
+    # inside a caller's jit no compiler options can be set: CPU forms only
+    inside = jax.jit(lambda s, z: (compiled_simulation(s, z) is (_simulate_cpu_forms if on_cpu else _simulate),
+                                   sg.simulate(s, z, (5, 20))))
+    chosen, logits = inside(snn, x)
+    assert chosen
+    np.testing.assert_allclose(logits, plain, atol=1e-5)
 
 
 def test_simulate_vmaps_over_schedule():

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from signgd_jax import nn as snn
+from signgd_jax.cpu_forms import shifted_sum_conv
 
 Initializer = Callable[..., Any]
 Padding = str | Sequence[tuple[int, int]]
@@ -58,7 +59,8 @@ def conv_padding(padding: Padding, kernel_size, strides, spatial: Sequence[int])
 
 
 class DepthwiseConv(nn.Module):
-    """Depthwise 2-D convolution over NHWC input computed as a sum of shifted slices.
+    """Depthwise 2-D convolution over NHWC input computed as a sum of shifted slices
+    (:func:`signgd_jax.cpu_forms.shifted_sum_conv`).
 
     ``y[..., h, w, c] = bias[c] + sum_{i,j} x_pad[..., h*s + i, w*s + j, c] * kernel[i, j, 0, c]``.
 
@@ -82,17 +84,7 @@ class DepthwiseConv(nn.Module):
         kh, kw = _pair(self.kernel_size)
         sh, sw = _pair(self.strides)
         kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, channels), jnp.float32)
-        (ph, qh), (pw, qw) = conv_padding(self.padding, (kh, kw), (sh, sw), x.shape[-3:-1])
-        # lax.pad rather than jnp.pad: one plain `pad` equation, no nested jit, in the traced jaxpr.
-        x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] * (x.ndim - 3) + [(ph, qh, 0), (pw, qw, 0), (0, 0, 0)])
-        out_h = (x.shape[-3] - kh) // sh + 1
-        out_w = (x.shape[-2] - kw) // sw + 1
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                window = x[..., i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
-                term = window * kernel[i, j, 0]
-                y = term if y is None else y + term
+        y = shifted_sum_conv(x, kernel, (sh, sw), conv_padding(self.padding, (kh, kw), (sh, sw), x.shape[-3:-1]))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (channels,), jnp.float32)
         return y
