@@ -11,8 +11,9 @@ passes, the floor for any SNN whose linear layers run every step). On CPU the si
 compiled with ``signgd_jax.simulate.CPU_COMPILER_OPTIONS`` and its convolutions in the forms of
 ``signgd_jax.cpu_forms``; since both also speed up many ANNs, the ANN is also timed with the
 options, and with the options and those forms (``cpu_forms.cpu_forward``), and
-``overhead_ratio_vs_best_ann`` divides by the fastest of the three (the stricter figure). Peak memory is XLA's
-buffer assignment for the compiled simulation (arguments + outputs + temporaries), at two
+``overhead_ratio_vs_best_ann`` divides by the fastest of the three (the stricter figure). The
+ANN compilations and the simulations are timed in turns (best of ``--repeats`` turns), so that
+both meet the same load on the machine. Peak memory is XLA's buffer assignment for the compiled simulation (arguments + outputs + temporaries), at two
 values of T. Weights are random (speed does not depend on them); BatchNorm statistics are
 set to non-trivial values so folding is exercised.
 """
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import signgd_jax as sg  # noqa: E402
 from signgd_jax import models  # noqa: E402
 from signgd_jax.cpu_forms import cpu_forward  # noqa: E402
-from signgd_jax.simulate import CPU_COMPILER_OPTIONS, compiled_simulation  # noqa: E402
+from signgd_jax.simulate import CPU_COMPILER_OPTIONS, compiled_simulation, initial_state  # noqa: E402
 
 SMALL = ("convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini")
 
@@ -41,15 +42,22 @@ def input_shape(name):
     return (28, 28, 1) if name.endswith("_mini") else (224, 224, 3)
 
 
-def best_time(fn, repeats):
-    """Minimum wall time of ``repeats`` calls (after one warm-up call)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_times(fns, rounds, calls):
+    """Minimum wall time of each of ``fns`` (name -> function), after one warm-up call each.
+
+    They are timed in turns, ``calls[name]`` calls per turn and ``rounds`` turns, so that a
+    change of load on the machine meets the ANN and the simulation alike and their ratio holds.
+    """
+    for fn in fns.values():
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(calls.get(name, 1)):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def peak_bytes(compiled):
@@ -78,22 +86,28 @@ def bench_model(name, batch_sizes, timesteps, memory_timesteps, dynamics, dtype,
     for batch in batch_sizes:
         images = jax.random.uniform(jax.random.PRNGKey(1), (batch, *shape), minval=-1, maxval=1)
         simulation = compiled_simulation(snn, images)
-        ann_s = best_time(lambda: ann(variables, images), repeats * 3)
-        best_ann_s = ann_s
+        anns = {"ann": ann.lower(variables, images).compile()}
         if jax.default_backend() == "cpu":  # the ANN compiled like the simulation (often faster): the stricter ratio
-            for fn in (ann, jax.jit(cpu_forward(lambda v, x: model.apply(v, x, train=False)))):
-                tuned = fn.lower(variables, images).compile(CPU_COMPILER_OPTIONS)
-                best_ann_s = min(best_ann_s, best_time(lambda: tuned(variables, images), repeats * 3))
+            anns["ann_cpu_options"] = ann.lower(variables, images).compile(CPU_COMPILER_OPTIONS)
+            forms = jax.jit(cpu_forward(lambda v, x: model.apply(v, x, train=False)))
+            anns["ann_cpu_forms"] = forms.lower(variables, images).compile(CPU_COMPILER_OPTIONS)
+        fns = {name: (lambda c=c: c(variables, images)) for name, c in anns.items()}
+        compile_s = {}
         for T in timesteps:
             start = time.perf_counter()
             compiled = simulation.lower(snn, images, jax.random.PRNGKey(0), (T,), False, dtype).compile()
-            compile_s = time.perf_counter() - start
-            run_s = best_time(lambda: compiled(snn, images, jax.random.PRNGKey(0)), repeats)
+            compile_s[T] = time.perf_counter() - start
+            fns[T] = lambda c=compiled: c(snn, images, jax.random.PRNGKey(0))
+        times = best_times(fns, repeats, {name: 3 for name in anns})
+        ann_s, best_ann_s = times["ann"], min(times[name] for name in anns)
+        for T in timesteps:
+            run_s = times[T]
             rows.append(dict(model=name, batch=batch, T=T, ann_forward_s=ann_s, best_ann_forward_s=best_ann_s,
-                             compile_s=compile_s, snn_s=run_s, image_steps_per_s=batch * T / run_s,
+                             ann_forward_s_by_compilation={k: times[k] for k in anns},
+                             compile_s=compile_s[T], snn_s=run_s, image_steps_per_s=batch * T / run_s,
                              overhead_ratio=run_s / (T * ann_s), overhead_ratio_vs_best_ann=run_s / (T * best_ann_s)))
             print(f"{name:>16} B={batch:<4} T={T:<4} ann {ann_s * 1e3:8.2f} ms (best {best_ann_s * 1e3:8.2f})  "
-                  f"snn {run_s:8.3f} s  compile {compile_s:6.1f} s  {batch * T / run_s:10.0f} img*steps/s  "
+                  f"snn {run_s:8.3f} s  compile {compile_s[T]:6.1f} s  {batch * T / run_s:10.0f} img*steps/s  "
                   f"ratio {run_s / (T * ann_s):5.2f} (vs best ANN {run_s / (T * best_ann_s):5.2f})", flush=True)
     memory = {}
     images = jax.random.uniform(jax.random.PRNGKey(1), (batch_sizes[-1], *shape))
@@ -101,8 +115,11 @@ def bench_model(name, batch_sizes, timesteps, memory_timesteps, dynamics, dtype,
     for T in memory_timesteps:
         compiled = simulation.lower(snn, images, jax.random.PRNGKey(0), (T,), False, dtype).compile()
         memory[str(T)] = peak_bytes(compiled)
+    # the neuron states every step reads and writes once: the traffic the ANN does not have
+    state = jax.eval_shape(lambda z: initial_state(snn, z)["neurons"], images)
+    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(state))
     return dict(model=name, convert_s=convert_s, rows=rows, peak_memory_bytes=memory,
-                memory_batch=batch_sizes[-1])
+                memory_batch=batch_sizes[-1], neuron_state_bytes=state_bytes)
 
 
 def machine():
@@ -135,7 +152,8 @@ def main(argv=None):
         if len(values) >= 2:
             print(f"{name:>16} peak memory (B={results[-1]['memory_batch']}): "
                   + ", ".join(f"T={t}: {v / 2**20:.1f} MiB" for t, v in mem.items())
-                  + f"  ratio {values[-1] / values[0]:.3f}", flush=True)
+                  + f"  ratio {values[-1] / values[0]:.3f}; neuron state "
+                  f"{results[-1]['neuron_state_bytes'] / 2**20:.1f} MiB", flush=True)
     report = dict(command="python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                   machine=machine(), dynamics=args.dynamics, dtype=args.dtype, results=results)
     if args.out:
