@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         table_ts = list(parse_timesteps(args.table_timesteps))
         timesteps = parse_timesteps(list(parse_timesteps(args.timesteps)) + table_ts)
         dynamics = parse_dynamics(args.dynamics)
-        summary = dict(command="python scripts/five_architectures.py " + shlex.join(argv), machine=machine_info(),
+        summary = dict(command=" ".join(["python scripts/five_architectures.py", shlex.join(argv)]).rstrip(), machine=machine_info(),
                        settings=dict(dataset=DATASET, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
                                      weight_decay=args.weight_decay, augment=args.augment, limit=args.limit,
                                      range_penalty=penalties, range_bound=args.range_bound,
