@@ -3,14 +3,14 @@
     y[..., h, w, :] = sum_{i, j} x_pad[..., h*s_h + i, w*s_w + j, :] (*) kernel[i, j]
 
 ``(*)`` is a per-channel product for a depthwise kernel ``(kh, kw, 1, C)`` and a contraction over
-the few input channels for a narrow kernel ``(kh, kw, C_in, C_out)``. XLA:CPU runs both kinds
-poorly as convolutions: the grouped (depthwise) form about 10-30x slower than this one, and a
-3x3 convolution of a 1- or 3-channel image (the first layer of MNIST/CIFAR networks) through
-an im2col matrix with only ``kh kw C_in <= 27`` columns that it writes to memory. Written as
-slices, XLA fuses the sum into whatever consumes it, e.g. the neuron of the next site, and the
-convolution's output never goes through memory (resnet_mini: 8.4 -> 5.0 ms per simulation step
-at batch 128, ``benchmarks/simulate.py``). Both forms are linear in ``x`` and equal the
-convolution up to float rounding (summation order).
+the few input channels for a narrow kernel ``(kh, kw, C_in, C_out)`` with ``kh kw C_in <= 27``
+(a 3x3 convolution of a 1- or 3-channel image: the first layer of MNIST and CIFAR networks).
+XLA:CPU runs both kinds slowly as convolutions: the grouped (depthwise) one 10-30x slower than
+this form, the narrow one as a matrix product with at most 27-long rows whose output goes to
+memory. Written as slices, XLA fuses the sum into whatever consumes it, e.g. the neuron of the
+next site, and the convolution's output never goes through memory (resnet_mini, batch 128:
+8.4 -> 4.8 ms per simulation step and 7.0 -> 4.8 ms per ANN forward, ``benchmarks/simulate.py``).
+Both forms are linear in ``x`` and equal the convolution up to float rounding (summation order).
 
 :func:`cpu_conv_rule` applies them to a traced network as an ``interpret.run`` affine rule; the
 simulation uses it on CPU, and :func:`cpu_forward` compiles an ANN the same way.
