@@ -167,8 +167,7 @@ def main(argv=None) -> int:
                                                    weight_decay=args.weight_decay, augment=args.augment,
                                                    data_dir=args.data_dir, limit_train=args.limit_train,
                                                    range_penalty=penalties.get(name, 0.0),
-                                                   range_bound=args.range_bound if penalties.get(name)
-                                                   else train.TrainConfig.range_bound, progress=args.progress),
+                                                   range_bound=args.range_bound, progress=args.progress),
                                  log=lambda msg: print(f"   {msg}", flush=True))
             except train.ConfigError as e:
                 if "different settings" not in str(e):

@@ -98,6 +98,8 @@ def test_finished_run_is_not_repeated(trained, capsys):
         json.dump({k: v for k, v in record.items() if not k.startswith("range_")}, f)
     assert train.run(cfg) == final
     assert len(_lines(os.path.join(workdir, "metrics.jsonl"))) == 3
+    # without a penalty the bound changes nothing, so it does not make another run
+    assert train.run(TrainConfig(**{**cfg.__dict__, "range_bound": 2.0})) == final
     with pytest.raises(train.ConfigError, match="different settings.*lr"):
         train.run(TrainConfig(**{**cfg.__dict__, "lr": 0.05}))
     with pytest.raises(train.ConfigError, match="different settings.*range_penalty"):

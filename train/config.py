@@ -159,6 +159,8 @@ def check_resumable(old: dict, new: dict) -> None:
     """Raise :class:`ConfigError` when a workdir's config.json differs in a result-changing way."""
     new = json.loads(json.dumps(new))
     old = {**old, **{k: v for k, v in _LATER_DEFAULTS.items() if old.get(k) is None}}
+    if not old.get("range_penalty") and not new.get("range_penalty"):  # the bound acts only with a penalty
+        old, new = ({k: v for k, v in d.items() if k != "range_bound"} for d in (old, new))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if k not in _RESUME_FREE and old.get(k) != new.get(k)]
     if diffs:
