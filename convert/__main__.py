@@ -2,7 +2,8 @@
 
 Exit status: 0 done; 2 bad input (unknown dataset / dynamics / codec, bad time-steps, missing,
 corrupt or mismatched checkpoint, dataset not prepared), with one line on stderr and no
-output files touched; 130 Ctrl-C (nothing written).
+output files touched; 130 Ctrl-C (results.json not written; the progress so far is kept, and
+the same command resumes: see convert/progress.py).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     from convert.core import ConvertError, evaluate_workdir
+    from convert.progress import PROGRESS_DIR
     from convert.report import accuracy_table, write_results
 
     try:
@@ -70,7 +72,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing written", file=sys.stderr)
+        print(f"interrupted; progress kept in {os.path.join(args.workdir, PROGRESS_DIR)}: "
+              "rerun the same command to resume", file=sys.stderr)
         return 130
     print(f"wrote {json_path} and {png_path}")
     return 0

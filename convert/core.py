@@ -24,6 +24,7 @@ from signgd_jax.dynamics import CODECS
 from signgd_jax.simulate import check_timestamps
 
 from convert.parallel import DataParallel, padded_batches
+from convert.progress import ProgressStore
 
 RESULTS_FORMAT = 1
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -143,23 +144,53 @@ def _progress(total: int, desc: str, enabled: bool):
                 dynamic_ncols=True, mininterval=0.5)
 
 
-def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool) -> int:
+def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: int, desc: str, progress: bool,
+               update: Callable) -> tuple[dict, int]:
+    """Folds ``update(sums, batch_index, images, labels, n_real) -> sums`` over the padded test
+    batches, after those ``store`` already holds; returns ``(sums, batches resumed)``. The sums
+    are saved as it goes and on Ctrl-C, so a rerun continues where this one stopped."""
+    done, sums = store.load(name) if store else (0, {})
+    n = len(test_ds)
+    completed = done
+    with _progress(n, desc, progress) as bar:
+        bar.update(min(done * batch_size, n))
+        try:
+            for i, (images, labels, k) in enumerate(padded_batches(test_ds, batch_size, first=done), start=done):
+                sums = update(sums, i, images, labels, k)
+                completed = i + 1
+                if store:
+                    store.save(name, completed, sums)
+                bar.update(k)
+        except KeyboardInterrupt:
+            if store:
+                store.save(name, completed, sums, force=True)
+            raise
+    if store:
+        store.save(name, completed, sums, force=True)
+    return sums, done
+
+
+def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool,
+                 store: Optional[ProgressStore] = None) -> int:
     """Number of test images the ANN classifies correctly."""
     apply_fn = as_apply_fn(model)
     predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
     variables = dp.replicate(variables)
-    correct = 0
-    with _progress(len(test_ds), "ANN", progress) as bar:
-        for images, labels, k in padded_batches(test_ds, batch_size):
-            pred = np.asarray(predict(variables, dp.shard(images)))
-            correct += int(np.sum(pred[:k] == labels[:k]))
-            bar.update(k)
-    return correct
+
+    def update(sums, i, images, labels, k):
+        pred = np.asarray(predict(variables, dp.shard(images)))
+        return dict(correct=sums.get("correct", 0) + np.sum(pred[:k] == labels[:k]))
+
+    sums, _ = _resumable(store, "ann", test_ds, batch_size, "ANN", progress, update)
+    return int(sums["correct"])
+
+
+_COUNT = "count:"  # prefix of a site's spike counts among the running sums
 
 
 def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParallel, progress: bool,
-                 desc: str, seed: int = 0, dtype: Optional[str] = None):
-    """``(correct per time-step, spike counts per site)`` over the test images.
+                 desc: str, seed: int = 0, dtype: Optional[str] = None, store: Optional[ProgressStore] = None):
+    """``(correct per time-step, spike counts per site, batches resumed)`` over the test images.
 
     Spike counts come from the same simulate call (T = max(timestamps)), summed over the real
     images only: the zero images that pad the last batch are subtracted with the counts of an
@@ -168,26 +199,28 @@ def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParal
     """
     replicated = dp.replicate(snn)
     base_key = jax.random.PRNGKey(seed)
-    correct = np.zeros(len(timestamps), np.int64)
-    counts, pad_rows = None, 0
-    with _progress(len(test_ds), desc, progress) as bar:
-        for i, (images, labels, k) in enumerate(padded_batches(test_ds, batch_size)):
-            logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timestamps=timestamps,
-                                                       key=jax.random.fold_in(base_key, i),
-                                                       return_spike_counts=True, dtype=dtype)
-            pred = np.asarray(jnp.argmax(logits, -1))  # [len(timestamps), batch]
-            correct += np.sum(pred[:, :k] == labels[None, :k], axis=1)
-            batch_counts = {name: np.asarray(c, np.float64) for name, c in batch_counts.items()}
-            counts = batch_counts if counts is None else {n: counts[n] + c for n, c in batch_counts.items()}
-            pad_rows += batch_size - k
-            bar.update(k)
+
+    def update(sums, i, images, labels, k):
+        logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timestamps=timestamps,
+                                                   key=jax.random.fold_in(base_key, i),
+                                                   return_spike_counts=True, dtype=dtype)
+        pred = np.asarray(jnp.argmax(logits, -1))  # [len(timestamps), batch]
+        out = dict(correct=sums.get("correct", 0) + np.sum(pred[:, :k] == labels[None, :k], axis=1))
+        for name, c in batch_counts.items():
+            out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + np.asarray(c, np.float64)
+        return out
+
+    sums, resumed = _resumable(store, desc, test_ds, batch_size, desc, progress, update)
+    correct = sums["correct"].astype(np.int64)
+    counts = {k[len(_COUNT):]: v for k, v in sums.items() if k.startswith(_COUNT)}
+    pad_rows = -len(test_ds) % batch_size  # zero images in the last batch
     if pad_rows:
         zeros = np.zeros((batch_size, *test_ds.image_shape), np.float32)
         _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timestamps=timestamps,
                                              key=base_key, return_spike_counts=True, dtype=dtype)
         counts = {n: np.maximum(c - np.asarray(zero_counts[n], np.float64) * (pad_rows / batch_size), 0.0)
                   for n, c in counts.items()}
-    return correct, counts
+    return correct, counts, resumed
 
 
 def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
@@ -195,11 +228,14 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
                      calibration_batch_count: int = 12, limit: Optional[int] = None, codec: str = "float",
                      schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
                      progress: bool = True, log: Callable[[str], None] = print,
-                     devices: Optional[Sequence] = None, dtype: Optional[str] = None) -> dict:
+                     devices: Optional[Sequence] = None, dtype: Optional[str] = None,
+                     resume: bool = True, save_every_s: float = 30.0) -> dict:
     """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
 
     Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
-    missing / corrupt / mismatched checkpoint, dataset not prepared).
+    missing / corrupt / mismatched checkpoint, dataset not prepared). With ``resume`` the
+    running tallies are kept in ``workdir`` (:mod:`convert.progress`, every ``save_every_s``
+    seconds and on Ctrl-C), and an interrupted evaluation with the same settings continues.
     """
     t_start = time.perf_counter()
     timesteps = parse_timesteps(timesteps)
@@ -233,7 +269,14 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
     log(f"{config['model']} on {dataset}: {len(test_ds)} test images, {sum(len(b) for b in calib)} "
         f"calibration images, batch {eval_batch} over {dp.size} device(s) ({jax.default_backend()})")
 
-    ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress)
+    store = None
+    if resume:
+        store = ProgressStore(workdir, dict(
+            model=config["model"], checkpoint_step=config.get("checkpoint_step"), dataset=dataset,
+            data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps, codec=codec, schedule=schedule,
+            eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch, calibration_batch_size=batch_size,
+            calibration_batches=len(calib), calibration_seed=CALIBRATION_SEED), save_every_s, log)
+    ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress, store)
     t_ann = time.perf_counter()
     n = len(test_ds)
     per_dynamics = {}
@@ -248,7 +291,8 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
             log(f"{name}: n/a ({_one_line(e)})")
             continue
         t1 = time.perf_counter()
-        correct, counts = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name, dtype=dtype)
+        correct, counts, resumed = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name,
+                                                dtype=dtype, store=store)
         t2 = time.perf_counter()
         stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
         t3 = time.perf_counter()
@@ -258,8 +302,8 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
             correct={str(t): int(c) for t, c in zip(timesteps, correct)},
             spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
             timings=dict(convert_s=round(t1 - t0, 3), simulate_s=round(t2 - t1, 3),
-                         statistics_s=round(t3 - t2, 3),
-                         images_per_s=round(n / max(t2 - t1, 1e-9), 2)))
+                         statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
+                         images_per_s=round((n - min(resumed * eval_batch, n)) / max(t2 - t1, 1e-9), 2)))
     t_end = time.perf_counter()
     return dict(
         format=RESULTS_FORMAT,

@@ -43,12 +43,12 @@ class DataParallel:
         return jax.device_put(batch, self.batch_sharding)
 
 
-def padded_batches(ds, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def padded_batches(ds, batch_size: int, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """``(images, labels, n_real)`` over ``ds`` in order, every batch exactly ``batch_size``
     rows: the last one is padded with zero images (label -1) after its ``n_real`` real rows,
-    so a jit-compiled evaluation compiles once."""
+    so a jit-compiled evaluation compiles once. Starts at batch ``first`` (for resuming)."""
     n = len(ds)
-    for start in range(0, n, batch_size):
+    for start in range(first * batch_size, n, batch_size):
         images, labels = ds.get(np.arange(start, min(start + batch_size, n)))
         k = len(labels)
         if k < batch_size:

@@ -7,6 +7,8 @@ import os
 import tempfile
 from typing import Iterator, Optional, Sequence
 
+from convert.progress import clear_progress
+
 RESULTS_FILE = "results.json"
 PLOT_FILE = "accuracy_vs_timesteps.png"
 
@@ -109,9 +111,11 @@ def write_json(tmp: str, obj) -> None:
 
 
 def write_results(results: dict, out_dir: str) -> tuple[str, str]:
-    """``out_dir/results.json`` and ``out_dir/accuracy_vs_timesteps.png``, atomically."""
+    """``out_dir/results.json`` and ``out_dir/accuracy_vs_timesteps.png``, atomically; then the
+    evaluation's saved progress (:mod:`convert.progress`) is no longer needed and is removed."""
     paths = [os.path.join(out_dir, RESULTS_FILE), os.path.join(out_dir, PLOT_FILE)]
     with atomic_outputs(paths) as (json_tmp, png_tmp):
         write_json(json_tmp, results)
         accuracy_figure(results).savefig(png_tmp, format="png")
+    clear_progress(out_dir)
     return paths[0], paths[1]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,6 +176,61 @@ def test_four_devices_give_the_same_table(env, capsys):
         assert r4["dynamics"][name]["correct"] == r1["dynamics"][name]["correct"], name
         s1, s4 = r1["dynamics"][name]["spike_statistics"], r4["dynamics"][name]["spike_statistics"]
         assert s4["sops_per_image_step"] == pytest.approx(s1["sops_per_image_step"], rel=1e-6)
+
+
+def test_interrupted_evaluation_resumes_with_the_same_numbers(env, capsys, monkeypatch):
+    import convert.core as core
+    from convert.progress import PROGRESS_DIR
+
+    whole, cut = env / "cnn_whole", env / "cnn_cut"
+    for d in (whole, cut):
+        shutil.copytree(env / "cnn", d, ignore=shutil.ignore_patterns("results.json", "*.png"))
+    # 5 batches of 24 (the last padded); the stochastic codec's key depends on the batch index
+    args = ["--limit", "100", "--timesteps", "1,4", "--batch-size", "24", "--calibration-batches", "2",
+            "--codec", "stochastic", "--no-progress"]
+    assert _main(["--workdir", str(whole), *args]) == 0
+    simulate, calls = core.signgd_jax.simulate, []
+
+    def interrupted_at_call_9(*a, **k):  # paper: 5 batches + the zero batch; improved: 2 batches done
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return simulate(*a, **k)
+
+    monkeypatch.setattr(core.signgd_jax, "simulate", interrupted_at_call_9)
+    assert _main(["--workdir", str(cut), *args]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert not (cut / "results.json").exists()
+    saved = {f: int(np.load(cut / PROGRESS_DIR / f)["batches"]) for f in ("ann.npz", "paper.npz", "improved.npz")}
+    assert saved == {"ann.npz": 5, "paper.npz": 5, "improved.npz": 2}
+
+    calls.clear()
+    monkeypatch.setattr(core.signgd_jax, "simulate", lambda *a, **k: (calls.append(1), simulate(*a, **k))[1])
+    assert _main(["--workdir", str(cut), *args]) == 0
+    assert len(calls) == 1 + (3 + 1) + (5 + 1)  # paper's zero batch; improved's last 3 batches, if's 5 (+ zero)
+    assert not (cut / PROGRESS_DIR).exists()
+    r_whole = json.loads((whole / "results.json").read_text())
+    r_cut = json.loads((cut / "results.json").read_text())
+    assert r_cut["ann"] == r_whole["ann"]
+    for name in ("paper", "improved", "if"):
+        assert r_cut["dynamics"][name]["correct"] == r_whole["dynamics"][name]["correct"], name
+        assert r_cut["dynamics"][name]["spike_statistics"] == r_whole["dynamics"][name]["spike_statistics"], name
+    assert [r_cut["dynamics"][n]["timings"]["resumed_batches"] for n in ("paper", "improved", "if")] == [5, 2, 0]
+
+
+def test_progress_of_other_settings_is_discarded(tmp_path):
+    from convert.progress import PROGRESS_DIR, ProgressStore
+
+    logs = []
+    store = ProgressStore(str(tmp_path), dict(timesteps=(1, 4)), save_every_s=3600, log=logs.append)
+    assert store.load("paper") == (0, {})
+    store.save("paper", 1, dict(correct=np.array([3, 4])))  # too soon after the load: not saved
+    assert not (tmp_path / PROGRESS_DIR).exists()
+    store.save("paper", 2, dict(correct=np.array([5, 6])), force=True)
+    done, sums = ProgressStore(str(tmp_path), dict(timesteps=[1, 4]), log=logs.append).load("paper")
+    assert done == 2 and sums["correct"].tolist() == [5, 6] and not logs
+    assert ProgressStore(str(tmp_path), dict(timesteps=[1, 8]), log=logs.append).load("paper") == (0, {})
+    assert len(logs) == 1 and "other settings" in logs[0]
 
 
 BAD_INPUTS = {
