@@ -13,9 +13,10 @@ compiled with ``signgd_jax.simulate.CPU_COMPILER_OPTIONS`` and its convolutions 
 options, and with the options and those forms (``cpu_forms.cpu_forward``), and
 ``overhead_ratio_vs_best_ann`` divides by the fastest of the three (the stricter figure). The
 ANN compilations and the simulations are timed in turns (best of ``--repeats`` turns), so that
-both meet the same load on the machine. Peak memory is XLA's buffer assignment for the compiled simulation (arguments + outputs + temporaries), at two
-values of T. Weights are random (speed does not depend on them); BatchNorm statistics are
-set to non-trivial values so folding is exercised.
+both meet the same load on the machine. Peak memory is XLA's buffer assignment for the
+compiled simulation (arguments + outputs + temporaries), at two values of T. Weights are
+random (speed does not depend on them); BatchNorm statistics are set to non-trivial values so
+folding is exercised.
 """
 from __future__ import annotations
 
