@@ -56,14 +56,13 @@ def shifted_sum_conv(x, kernel, strides: Sequence[int], padding: Sequence[tuple[
 
 
 def _shifted_form_applies(params, x_shape, kernel_shape) -> bool:
-    """Plain 2-D NHWC/HWIO convolution that is depthwise, or narrow with overlapping windows.
-
-    Non-overlapping (patchify) convolutions are left alone: their im2col is a reshape, XLA's
-    kernel is already fast, and the fused form was measured slower there."""
+    """A plain 2-D NHWC/HWIO convolution that is depthwise, or narrow and either 1x1 or with
+    overlapping windows. Patchify convolutions (kernel = stride) are left alone: the fused form
+    was measured slower there (ResMLP's stem), being recomputed in each of its consumers."""
     dims = params["dimension_numbers"]
-    if (len(kernel_shape) != 4 or tuple(dims.lhs_spec) != _NHWC or tuple(dims.rhs_spec) != _HWIO
-            or params["batch_group_count"] != 1 or any(d != 1 for d in params["lhs_dilation"])
-            or any(d != 1 for d in params["rhs_dilation"])):
+    layout = (tuple(dims.lhs_spec), tuple(dims.rhs_spec), tuple(dims.out_spec))
+    dilated = any(d != 1 for d in (*params["lhs_dilation"], *params["rhs_dilation"]))
+    if len(kernel_shape) != 4 or layout != (_NHWC, _HWIO, _NHWC) or params["batch_group_count"] != 1 or dilated:
         return False
     kh, kw, c_in, c_out = kernel_shape
     groups = params["feature_group_count"]

@@ -53,6 +53,9 @@ def test_rule_ignores_static_inputs_and_other_operations():
     assert cpu_conv_rule(eqn, (jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))), (False, True)) is None  # dynamic kernel
     (y,) = cpu_conv_rule(eqn, (jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))), (True, False))
     np.testing.assert_allclose(y[0, :, :, 0], [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]])
+    nchw_out = jax.make_jaxpr(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NCHW")))(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2)))
+    assert cpu_conv_rule(nchw_out.jaxpr.eqns[0], (jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))), (True, False)) is None
 
 
 def test_zoo_forward_unchanged():
