@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from signgd_jax import interpret
-from signgd_jax.nn import ann_op
 
 # A dense convolution is rewritten when its patch has at most this many taps (3x3 over RGB).
 NARROW_TAPS = 27
@@ -90,8 +89,7 @@ def cpu_forward(apply_fn: Callable) -> Callable:
     for models built on :mod:`signgd_jax.nn`; jit it like ``apply_fn``."""
 
     def forward(variables, x):
-        return interpret.evaluate(apply_fn, variables, x, lambda index, kind, options, inputs:
-                                  ann_op(kind, options)(*inputs), affine_rule=cpu_conv_rule)
+        return interpret.evaluate(apply_fn, variables, x, interpret.ann_site, affine_rule=cpu_conv_rule)
 
     return forward
 

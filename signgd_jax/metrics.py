@@ -53,12 +53,10 @@ def _counting_rule(eqn, values, dynamic):
         return [dyn_values[0] + dyn_values[1] if len(dyn_values) == 2 else dyn_values[0]]
     if name in ("neg", "div"):
         return [values[0]]
-    if name in ("dot_general", "conv_general_dilated", "reduce_sum"):
+    if name in ("dot_general", "conv_general_dilated", "reduce_sum", "mul"):
         values = [v if d else (jnp.asarray(v) != 0).astype(jnp.float32) for v, d in zip(values, dynamic)]
-        return [_used(eqn.primitive.bind(*values, **params))]
-    if name == "mul":
-        values = [v if d else (jnp.asarray(v) != 0).astype(jnp.float32) for v, d in zip(values, dynamic)]
-        return [eqn.primitive.bind(*values, **params)]
+        out = eqn.primitive.bind(*values, **params)
+        return [out if name == "mul" else _used(out)]  # a product is not a sum: nothing to count once
     if name == "pad":
         return [eqn.primitive.bind(values[0], jnp.zeros((), values[0].dtype), **params)]
     return None
@@ -99,8 +97,7 @@ def fan_out(snn: SNN, sample):
 def ann_macs(snn: SNN, sample) -> float:
     """Multiply-accumulates of one ANN forward pass (from XLA's cost analysis, flops / 2)."""
     def forward(variables, x):
-        return interpret.evaluate(snn.apply_fn, variables, x,
-                                  lambda i, k, o, ins: ann_op(k, o)(*ins))
+        return interpret.evaluate(snn.apply_fn, variables, x, interpret.ann_site)
 
     compiled = jax.jit(forward).lower(snn.variables, jnp.asarray(sample[:1], jnp.float32)).compile()
     cost = compiled.cost_analysis()

@@ -45,9 +45,10 @@ def initial_state(snn: SNN, images):
 
     neurons = {}
     for name, kind, _ in snn.site_kinds:
-        a0 = snn.sites[name]["a0"]
+        params = snn.sites[name]
+        a0 = params["a0"]
         if snn.mode != "if":  # output estimates in the units of phi: out_offset + out_scale * v_0
-            neurons[name] = dict(v=per_batch(snn.sites[name].get("out_offset", jnp.zeros_like(a0[0]))).astype(a0[0].dtype))
+            neurons[name] = dict(v=per_batch(params.get("out_offset", jnp.zeros_like(a0[0]))).astype(a0[0].dtype))
         elif kind != "maximum":  # the baseline's max-pooling is a stateless max of spikes
             xs = [per_batch(a) for a in a0]
             neurons[name] = dict(x=xs, v=jnp.zeros_like(xs[0]))
@@ -180,9 +181,9 @@ _simulate = jax.jit(_simulate_impl, static_argnames=_STATIC)
 # benchmarks/simulate.py). Compiler options cannot be set inside a caller's jit or vmap, hence
 # the variant without them.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_simulate_cpu_forms = jax.jit(partial(_simulate_impl, affine_rule=cpu_conv_rule), static_argnames=_STATIC)
-_simulate_cpu = jax.jit(partial(_simulate_impl, affine_rule=cpu_conv_rule), static_argnames=_STATIC,
-                        compiler_options=CPU_COMPILER_OPTIONS)
+_simulate_impl_cpu = partial(_simulate_impl, affine_rule=cpu_conv_rule)
+_simulate_cpu_forms = jax.jit(_simulate_impl_cpu, static_argnames=_STATIC)
+_simulate_cpu = jax.jit(_simulate_impl_cpu, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
 
 
 def compiled_simulation(snn: SNN, images, key=None):
