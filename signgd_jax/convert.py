@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, Callable, Iterable
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 from signgd_jax import interpret
 from signgd_jax.dynamics import CODECS, Schedule, make_schedule
 from signgd_jax.fold import fold_batch_norm
+from signgd_jax.frontends import as_apply_fn
 from signgd_jax.nn import ann_op
 
 MODES = ("paper", "improved", "if")
@@ -66,18 +66,6 @@ class SNN:
 
 def site_name(index: int, kind: str) -> str:
     return f"{index:03d}_{kind}"
-
-
-def as_apply_fn(model) -> Callable:
-    """``apply_fn(variables, x) -> logits`` for a Flax module (eval mode) or a callable."""
-    if hasattr(model, "apply") and hasattr(model, "__call__"):
-        takes_train = "train" in inspect.signature(type(model).__call__).parameters
-        if takes_train:
-            return lambda variables, x: model.apply(variables, x, train=False)
-        return lambda variables, x: model.apply(variables, x)
-    if callable(model):
-        return model
-    raise TypeError(f"expected a flax.linen.Module or a function apply_fn(variables, x), got {type(model).__name__}")
 
 
 def _calibration_statistics(apply_fn, variables, batches):

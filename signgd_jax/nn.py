@@ -7,7 +7,8 @@ jaxpr, finds the sites, and replaces each one by a signGD neuron (see ``signgd_j
 everything between sites must be affine in the network input (convolutions, dense layers,
 BatchNorm in eval mode, residual adds, pooling by averaging, reshapes).
 
-Elementary sites (one neuron per element):
+Elementary sites (one neuron per element; targets, tie rules and ranges are in
+:mod:`signgd_jax.kinds`):
 
 =============  ======  =========================================  =========================
 kind           inputs  ANN operation                              neuron target ``phi``
@@ -15,6 +16,9 @@ kind           inputs  ANN operation                              neuron target 
 relu           1       ``max(x, 0)``                              same
 leaky_relu     1       ``x if x >= 0 else a*x``                   same
 gelu           1       exact / tanh GELU (``approximate``)        ``x*sigmoid(1.702 x)``
+sigmoid        1       ``1 / (1 + exp(-x))``                      same
+tanh           1       ``tanh(x)``                                same
+silu           1       ``x * sigmoid(x)``                         same
 abs            1       ``|x|``                                    same
 square         1       ``x**2``                                   same
 exp            1       ``exp(x)``                                 same
@@ -34,7 +38,6 @@ Plain ``jax.nn.relu`` / ``flax.linen.relu`` (``max(x, 0)``) are recognised as Re
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
@@ -43,34 +46,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-UNARY_KINDS = ("relu", "leaky_relu", "gelu", "abs", "square", "exp")
-BINARY_KINDS = ("maximum", "product", "rsqrt_mul", "divide")
-SITE_KINDS = UNARY_KINDS + BINARY_KINDS
-
-
-def _gelu_ann(x, approximate="tanh"):
-    if approximate == "sigmoid":
-        return x * jax.nn.sigmoid(1.702 * x)
-    return jax.nn.gelu(x, approximate=(approximate == "tanh"))
-
-
-ANN_OPS = {
-    "relu": lambda x: jnp.maximum(x, 0),
-    "leaky_relu": lambda x, negative_slope=0.01: jnp.where(x >= 0, x, negative_slope * x),
-    "gelu": _gelu_ann,
-    "abs": jnp.abs,
-    "square": jnp.square,
-    "exp": jnp.exp,
-    "maximum": jnp.maximum,
-    "product": jnp.multiply,
-    "rsqrt_mul": lambda x1, x2: x1 * jax.lax.rsqrt(x2),
-    "divide": jnp.divide,
-}
-
-
-def ann_op(kind: str, options=()):
-    """The ANN function of a site ``kind`` with its ``options`` (a dict or (key, value) pairs)."""
-    return partial(ANN_OPS[kind], **dict(options))
+from signgd_jax.kinds import BINARY_KINDS, KINDS, SITE_KINDS, UNARY_KINDS, ann_op  # noqa: F401 (re-exported)
 
 
 site_p = Primitive("signgd_site")
@@ -107,7 +83,7 @@ def site(kind: str, *inputs, **options):
     """Binds one elementary site; inputs of binary sites are broadcast to one shape."""
     if kind not in SITE_KINDS:
         raise ValueError(f"unknown site kind {kind!r}; supported: {', '.join(SITE_KINDS)}")
-    expected = 1 if kind in UNARY_KINDS else 2
+    expected = KINDS[kind].arity
     if len(inputs) != expected:
         raise ValueError(f"site {kind!r} takes {expected} input(s), got {len(inputs)}")
     inputs = [jnp.asarray(x) for x in inputs]
@@ -138,6 +114,19 @@ def gelu(x, approximate: bool | str = True):
     if mode not in ("tanh", "exact", "sigmoid"):
         raise ValueError(f"gelu approximate must be True, False, 'tanh', 'exact' or 'sigmoid', got {approximate!r}")
     return site("gelu", x, approximate=mode)
+
+
+def sigmoid(x):
+    return site("sigmoid", x)
+
+
+def tanh(x):
+    return site("tanh", x)
+
+
+def silu(x):
+    """``x * sigmoid(x)`` (swish)."""
+    return site("silu", x)
 
 
 def abs(x):  # noqa: A001 - mirrors jnp.abs
