@@ -13,6 +13,10 @@ variants (``convnext_small``, ``mixer_b16``, ``resmlp_big_24``, ``resnet18``, ``
 ``vgg16_bn``) have the published layer shapes for 224x224x3 images. Models whose weights depend
 on the number of tokens (Mixer, ResMLP) or the flattened map (VGG without adaptive pooling) fix
 the input resolution when initialised. Parameter names are documented in each family's module.
+
+Published weights (vision_transformer ``.npz``, timm, torchvision) load with
+:func:`from_checkpoint` (``signgd_jax.models.checkpoints``), which also returns the input
+convention the weights expect (``signgd_jax.models.preprocessing``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from signgd_jax.models import convnext, mixer, resmlp, resnet, vgg
+from signgd_jax.models.checkpoints import CheckpointError, CheckpointMismatch, from_arrays, from_checkpoint
 from signgd_jax.models.common import (
     Affine,
     ConvBN,
@@ -32,6 +37,7 @@ from signgd_jax.models.common import (
     global_avg_pool,
 )
 from signgd_jax.models.convnext import ConvNeXt
+from signgd_jax.models.preprocessing import Preprocessing, preprocess
 from signgd_jax.models.mixer import MlpMixer
 from signgd_jax.models.resmlp import ResMLP
 from signgd_jax.models.resnet import ResNet
@@ -44,9 +50,10 @@ SMALL_MODELS = tuple(sorted(name for name in _REGISTRY if name.endswith("_mini")
 IMAGENET_MODELS = tuple(sorted(name for name in _REGISTRY if not name.endswith("_mini")))
 
 __all__ = [
-    "Affine", "ConvBN", "ConvNeXt", "DepthwiseConv", "IMAGENET_MODELS", "LayerScale", "Mlp", "MlpMixer",
-    "ResMLP", "ResNet", "SMALL_MODELS", "VGG", "adaptive_avg_pool", "available", "config", "count_params",
-    "create", "global_avg_pool", "has_batch_norm", "input_shape",
+    "Affine", "CheckpointError", "CheckpointMismatch", "ConvBN", "ConvNeXt", "DepthwiseConv", "IMAGENET_MODELS",
+    "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "ResMLP", "ResNet", "SMALL_MODELS", "VGG",
+    "adaptive_avg_pool", "available", "config", "count_params", "create", "from_arrays", "from_checkpoint",
+    "global_avg_pool", "has_batch_norm", "input_shape", "preprocess",
 ]
 
 

@@ -172,7 +172,8 @@ CONFIGS = {
     # ~2-3 MFLOPs on 28x28: 4x4 patches -> 7x7x32 -> 4x4x64.
     "convnext_mini": dict(gelu_approximate="sigmoid", ln_scales=(0.25, 0.5), depths=(2, 2), dims=(48, 96), stem_patch=4, stem_bias=False, layer_scale_init=0.1,
                           init_std=None, num_classes=10),
-    # torchvision / timm convnext_small.
-    "convnext_small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), num_classes=1000),
+    # torchvision / timm convnext_small (both: exact GELU, LayerNorm eps 1e-6).
+    "convnext_small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), gelu_approximate="exact",
+                           num_classes=1000),
 }
 MODEL = ConvNeXt

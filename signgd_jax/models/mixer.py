@@ -91,7 +91,8 @@ CONFIGS = {
     # 28x28 -> 7x7 = 49 tokens of width 64.
     "mixer_mini": dict(gelu_approximate="sigmoid", ln_scales=(0.25, 0.5), num_blocks=4, patch_size=4, hidden_dim=96, tokens_mlp_dim=64, channels_mlp_dim=192,
                        stem_bias=False, num_classes=10),
-    # Mixer-B/16 (Tolstikhin et al. 2021, Table 1).
+    # Mixer-B/16 (Tolstikhin et al. 2021, Table 1); tanh GELU as Flax's nn.gelu in the original code
+    # (timm's port uses the exact GELU: from_checkpoint sets it for timm weights).
     "mixer_b16": dict(num_blocks=12, patch_size=16, hidden_dim=768, tokens_mlp_dim=384, channels_mlp_dim=3072,
                       num_classes=1000),
 }

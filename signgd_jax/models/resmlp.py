@@ -79,7 +79,8 @@ CONFIGS = {
     # 28x28 -> 49 tokens of width 64; channel MLP 2x to stay within a few MFLOPs. Layer scale starts
     # at 1 (two blocks need no damping; 0.1 trained far slower from scratch).
     "resmlp_mini": dict(gelu_approximate="sigmoid", depth=4, patch_size=4, dim=96, mlp_ratio=2, layer_scale_init=1.0, num_classes=10),
-    # ResMLP-B24/8 (timm resmlp_big_24_224): 224/8 = 28x28 = 784 patches.
-    "resmlp_big_24": dict(depth=24, patch_size=8, dim=768, mlp_ratio=4, layer_scale_init=1e-6, num_classes=1000),
+    # ResMLP-B24/8 (timm resmlp_big_24_224, exact GELU): 224/8 = 28x28 = 784 patches.
+    "resmlp_big_24": dict(depth=24, patch_size=8, dim=768, mlp_ratio=4, layer_scale_init=1e-6,
+                          gelu_approximate="exact", num_classes=1000),
 }
 MODEL = ResMLP
