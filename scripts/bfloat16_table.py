@@ -30,8 +30,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import jax
 
-    from convert.__main__ import main as convert_main
-    from convert.report import percent
+    from signgd_jax.commands.evaluate import percent
+    from signgd_jax.commands.evaluate.cli import main as convert_main
 
     with open(os.path.join(args.results_dir, "five_architectures.json")) as f:
         float32 = json.load(f)["models"]

@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
 def markdown(summary: dict, table_ts: list[int]) -> str:
     """The results table in markdown, with the command and the machine."""
-    from convert.report import percent
+    from signgd_jax.commands.evaluate import percent
 
     m = summary["machine"]
     first = next(iter(summary["models"].values()))
@@ -128,9 +128,10 @@ def markdown(summary: dict, table_ts: list[int]) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-    import train
-    from convert import ConvertError, evaluate_workdir, machine_info, parse_dynamics, parse_timesteps
-    from convert.report import accuracy_table, atomic_outputs, write_json, write_results, write_text
+    from signgd_jax.commands import train
+    from signgd_jax.commands.common import atomic_outputs, write_json, write_text
+    from signgd_jax.commands.evaluate import (ConvertError, accuracy_table, evaluate_workdir, machine_info,
+                                              parse_dynamics, parse_timesteps, write_results)
     from signgd_jax import data
 
     t0 = time.perf_counter()

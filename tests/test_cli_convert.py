@@ -1,4 +1,4 @@
-"""``python -m convert``: outputs, multi-device equality, and one-line errors on bad input.
+"""signgd-convert (``python -m convert``): outputs, multi-device equality, one-line errors on bad input.
 
 A tiny CNN (conv + BatchNorm + ReLU + max-pool + dense) and a tiny GELU/LayerNorm MLP are
 trained for a few steps on mnist5k into module-scoped workdirs; everything else reuses them.
@@ -59,7 +59,7 @@ FAST = ["--limit", "64", "--timesteps", "1,4", "--batch-size", "48", "--calibrat
 
 
 def _train(workdir, model, data_dir):
-    import train
+    from signgd_jax.commands import train
 
     train.run(train.TrainConfig(model=f"{MODULE}:{model}", workdir=str(workdir), dataset="mnist5k",
                                 epochs=1, batch_size=64, limit_train=256, limit_test=64, data_dir=data_dir,
@@ -104,7 +104,7 @@ def _subprocess_env(root, **extra):
 
 
 def _main(argv):
-    from convert.__main__ import main
+    from signgd_jax.commands.evaluate.cli import main
 
     return main(argv)
 
@@ -124,7 +124,7 @@ def test_outputs(env, capsys):
     results = json.loads((workdir / "results.json").read_text())
     assert results["model"] == f"{MODULE}:tiny" and results["dataset"] == "mnist5k"
     assert results["num_test_images"] == 64 and results["timesteps"] == [1, 4]
-    assert results["command"].startswith("python -m convert --workdir")
+    assert results["command"].startswith("signgd-convert --workdir")
     assert 0 <= results["ann"]["accuracy"] <= 1
     assert results["settings"]["data_dir"] == json.loads((workdir / "config.json").read_text())["data_dir"]
     assert results["calibration"] == dict(split="train", batches=2, batch_size=48, images=96, seed=0)
@@ -179,8 +179,8 @@ def test_four_devices_give_the_same_table(env, capsys):
 
 
 def test_interrupted_evaluation_resumes_with_the_same_numbers(env, capsys, monkeypatch):
-    import convert.core as core
-    from convert.progress import PROGRESS_DIR
+    import signgd_jax.commands.evaluate.core as core
+    from signgd_jax.commands.evaluate.progress import PROGRESS_DIR
 
     whole, cut = env / "cnn_whole", env / "cnn_cut"
     for d in (whole, cut):
@@ -219,7 +219,7 @@ def test_interrupted_evaluation_resumes_with_the_same_numbers(env, capsys, monke
 
 
 def test_progress_of_other_settings_is_discarded(tmp_path):
-    from convert.progress import PROGRESS_DIR, ProgressStore
+    from signgd_jax.commands.evaluate.progress import PROGRESS_DIR, ProgressStore
 
     logs = []
     store = ProgressStore(str(tmp_path), dict(timesteps=(1, 4)), save_every_s=3600, log=logs.append)

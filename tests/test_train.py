@@ -1,4 +1,7 @@
-"""train: a tiny run learns, exact resume after SIGKILL, bad input, load_trained errors."""
+"""signgd-train: a tiny run learns, resumes where it stopped, bad input, load_trained errors.
+
+(SIGKILL during a checkpoint write and the exact resume after it: tests/test_faults.py.)
+"""
 import gc
 import json
 import os
@@ -12,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-import train
 from signgd_jax import data
-from train import TrainConfig
-from train.__main__ import main
+from signgd_jax.commands import train
+from signgd_jax.commands.train import TrainConfig
+from signgd_jax.commands.train.cli import main
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -110,36 +113,45 @@ def test_workdir_in_use(tmp_path, mnist5k_dir):
     import fcntl
 
     os.makedirs(tmp_path / "w")
-    with open(tmp_path / "w" / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        with pytest.raises(train.ConfigError, match="in use by another training process"):
+    fd = os.open(tmp_path / "w", os.O_RDONLY)  # another process's lock: flock on the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(train.ConfigError, match="in use by another signgd-train or signgd-convert"):
             train.run(TrainConfig(model=MODEL, workdir=str(tmp_path / "w"), epochs=1,
                                   limit_train=64, limit_test=64, batch_size=32,
                                   data_dir=mnist5k_dir, progress=False))
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path / "w") == []  # nothing written
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, mnist5k_dir):
-    args = ["--model", MODEL, "--dataset", "mnist5k", "--data-dir", mnist5k_dir, "--epochs", "2",
-            "--batch-size", "32", "--limit-train", "320", "--limit-test", "200",
-            "--checkpoint-every", "4", "--no-progress"]
-    full = _cli(args + ["--workdir", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr
-    # 10 steps per epoch; checkpoints at 4, 8, 10 (epoch end), 12, 16; killed after step 15
-    wd = str(tmp_path / "killed")
-    killed = _cli(args + ["--workdir", wd], {"SIGNGD_TRAIN_KILL_AT_STEP": "15"})
-    assert killed.returncode == -9, killed.stderr
-    assert len(_lines(os.path.join(wd, "metrics.jsonl"))) == 1
-    resumed = _cli(args + ["--workdir", wd])
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from checkpoint 12: epoch 2/2, step 2/10" in resumed.stdout
-    a = _lines(str(tmp_path / "full" / "metrics.jsonl"))
-    b = _lines(os.path.join(wd, "metrics.jsonl"))
-    assert len(b) == 2 and _without_time(a) == _without_time(b)
+def test_stopped_run_resumes_where_it_stopped(tmp_path, mnist5k_dir):
+    """A run stopped from ``on_step`` (here by an exception after step 7, once checkpoint 6
+    is on disk) continues from step 6 and ends with the same weights as an uninterrupted run."""
+    cfg = dict(model=MODEL, dataset="mnist5k", data_dir=mnist5k_dir, epochs=2, batch_size=32,
+               limit_train=160, limit_test=64, checkpoint_every=3, progress=False)
+    final = train.run(TrainConfig(workdir=str(tmp_path / "full"), **cfg), log=lambda m: None)
+    seen = []
+
+    def stop_after_7(step, checkpointing):
+        seen.append((step, checkpointing))
+        if step == 7:
+            raise KeyboardInterrupt
+
+    stopped = str(tmp_path / "stopped")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(TrainConfig(workdir=stopped, **cfg), log=lambda m: None, on_step=stop_after_7)
+    # 5 steps per epoch: checkpoints at 3, 5 (epoch end), 6; the callback sees every step
+    assert seen == [(1, False), (2, False), (3, True), (4, False), (5, True), (6, True), (7, False)]
+    logs = []
+    resumed = train.run(TrainConfig(workdir=stopped, **cfg), log=logs.append)
+    assert _without_time([resumed]) == _without_time([final])
+    assert _without_time(_lines(os.path.join(stopped, "metrics.jsonl"))) == \
+        _without_time(_lines(str(tmp_path / "full" / "metrics.jsonl")))
+    assert logs[0] == "resuming from checkpoint 6: epoch 2/2, step 1/5"
     _, va, _ = train.load_trained(str(tmp_path / "full"))
-    _, vb, _ = train.load_trained(wd)
-    jax.tree.map(np.testing.assert_array_equal, va, vb)  # bit-identical
-    again = _cli(args + ["--workdir", wd])
-    assert again.returncode == 0 and "already finished" in again.stdout
+    _, vb, _ = train.load_trained(stopped)
+    jax.tree.map(np.testing.assert_array_equal, va, vb)
 
 
 @pytest.mark.parametrize("extra,needle", [

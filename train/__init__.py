@@ -1,21 +1,7 @@
-"""Train classifiers for ANN-to-SNN conversion: ``python -m train`` or :func:`run`.
+"""``python -m train`` from the repository root: the ``signgd-train`` command.
 
-Library API::
-
-    from train import TrainConfig, run, load_trained
-    metrics = run(TrainConfig(model="resnet_mini", dataset="cifar10", workdir="runs/r"))
-    model, variables, config = load_trained("runs/r")
-
-A workdir holds ``config.json`` (model, dataset, num_classes, image_shape, hyperparameters:
-enough to rebuild the model), ``metrics.jsonl`` (one JSON line per finished epoch) and
-``checkpoints/<global step>/`` (orbax; see :mod:`train.checkpoint`). Rerunning an interrupted
-run with the same settings resumes it from its last checkpoint.
+The code lives in :mod:`signgd_jax.commands.train`; this folder only forwards to it, so that
+the installed distribution has no top-level ``train`` module.
 """
-from train.checkpoint import (CheckpointError, CheckpointMismatch, CheckpointNotFound,
-                              CorruptCheckpoint, load_trained)
-from train.config import ConfigError, TrainConfig, TrainError, build_model
-from train.loop import make_optimizer, run
-
-__all__ = ["TrainConfig", "run", "load_trained", "build_model", "make_optimizer",
-           "TrainError", "ConfigError", "CheckpointError", "CheckpointNotFound",
-           "CorruptCheckpoint", "CheckpointMismatch"]
+from signgd_jax.commands.train import *  # noqa: F401,F403
+from signgd_jax.commands.train import __all__  # noqa: F401

@@ -23,8 +23,9 @@ from signgd_jax.convert import MODES, as_apply_fn
 from signgd_jax.dynamics import CODECS
 from signgd_jax.simulate import check_timestamps
 
-from convert.parallel import DataParallel, padded_batches
-from convert.progress import ProgressStore
+from signgd_jax.commands.common import one_line, padded_batches
+from signgd_jax.commands.evaluate.parallel import DataParallel
+from signgd_jax.commands.evaluate.progress import ProgressStore
 
 RESULTS_FORMAT = 1
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -34,10 +35,6 @@ CALIBRATION_SEED = 0
 
 class ConvertError(ValueError):
     """Bad input to the conversion tool; ``str(e)`` is a one-line explanation."""
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -77,19 +74,19 @@ def _positive(name: str, value, allow_none: bool = False):
 
 def load_workdir(workdir: str):
     """``(model, variables, config)`` of a training workdir; ConvertError when unusable."""
-    import train  # the training package: its loader knows the workdir layout
+    from signgd_jax.commands import train  # its loader knows the workdir layout
 
     try:
         return train.load_trained(workdir)
     except train.CheckpointNotFound as e:
-        raise ConvertError(f"missing checkpoint: {_one_line(e)} (train one with `python -m train"
+        raise ConvertError(f"missing checkpoint: {one_line(e)} (train one with `signgd-train"
                            f" --model NAME --workdir {workdir}`)") from None
     except train.CheckpointMismatch as e:
-        raise ConvertError(f"checkpoint does not match the model in config.json: {_one_line(e)}") from None
+        raise ConvertError(f"checkpoint does not match the model in config.json: {one_line(e)}") from None
     except train.CorruptCheckpoint as e:
-        raise ConvertError(f"corrupt checkpoint: {_one_line(e)}") from None
+        raise ConvertError(f"corrupt checkpoint: {one_line(e)}") from None
     except train.TrainError as e:  # e.g. ConfigError: unknown model name in config.json
-        raise ConvertError(f"cannot load {workdir}: {_one_line(e)}") from None
+        raise ConvertError(f"cannot load {workdir}: {one_line(e)}") from None
 
 
 def check_dataset(name: str, config: dict) -> None:
@@ -111,7 +108,16 @@ def load_splits(name: str, data_dir: Optional[str]):
     try:
         return data.load(name, train_split, data_dir), data.load(name, test_split, data_dir)
     except data.DatasetNotPrepared as e:
-        raise ConvertError(_one_line(e)) from None
+        raise ConvertError(one_line(e)) from None
+
+
+def check_finite(images: np.ndarray, what: str) -> None:
+    """ConvertError naming the first images of ``images`` that hold NaN or Inf values: the
+    dynamics would carry them into every estimate, so no simulation is run on them."""
+    bad = np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(axis=1))
+    if len(bad):
+        listed = ", ".join(map(str, bad[:5])) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise ConvertError(f"{what}: image(s) {listed} hold NaN or Inf values; nothing was simulated")
 
 
 def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIBRATION_SEED) -> list:
@@ -120,6 +126,7 @@ def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIB
     out = []
     for images, _ in data.batches(train_ds, batch_size, shuffle=True, seed=seed, epoch=0,
                                   drop_remainder=drop):
+        check_finite(images, f"calibration batch {len(out)} of the {train_ds.name} training split")
         out.append(images)
         if len(out) == count:
             break
@@ -172,12 +179,13 @@ def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: i
 
 def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool,
                  store: Optional[ProgressStore] = None) -> int:
-    """Number of test images the ANN classifies correctly."""
+    """Number of test images the ANN classifies correctly; ConvertError on NaN or Inf images."""
     apply_fn = as_apply_fn(model)
     predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
     variables = dp.replicate(variables)
 
-    def update(sums, i, images, labels, k):
+    def update(sums, i, images, labels, k):  # runs over every test image before any simulation
+        check_finite(images[:k], f"test batch {i} (batch size {batch_size}) of {test_ds.name}")
         pred = np.asarray(predict(variables, dp.shard(images)))
         return dict(correct=sums.get("correct", 0) + np.sum(pred[:k] == labels[:k]))
 
@@ -234,7 +242,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
 
     Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
     missing / corrupt / mismatched checkpoint, dataset not prepared). With ``resume`` the
-    running tallies are kept in ``workdir`` (:mod:`convert.progress`, every ``save_every_s``
+    running tallies are kept in ``workdir`` (:mod:`~signgd_jax.commands.evaluate.progress`, every ``save_every_s``
     seconds and on Ctrl-C), and an interrupted evaluation with the same settings continues.
     """
     t_start = time.perf_counter()
@@ -286,9 +294,9 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
             snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec, schedule=schedule,
                                      eta0=eta0, gamma=gamma)
         except signgd_jax.UnsupportedOperation as e:
-            per_dynamics[name] = dict(supported=False, reason=_one_line(e), accuracy=None, correct=None,
+            per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
                                       spike_statistics=None, timings=None)
-            log(f"{name}: n/a ({_one_line(e)})")
+            log(f"{name}: n/a ({one_line(e)})")
             continue
         t1 = time.perf_counter()
         correct, counts, resumed = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name,

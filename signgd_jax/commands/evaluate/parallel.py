@@ -8,7 +8,7 @@ except gathering the results. On one device this is plain single-device executio
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -41,17 +41,3 @@ class DataParallel:
     def shard(self, batch):
         """``batch`` (leading axis a multiple of :attr:`size`) split over the devices."""
         return jax.device_put(batch, self.batch_sharding)
-
-
-def padded_batches(ds, batch_size: int, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """``(images, labels, n_real)`` over ``ds`` in order, every batch exactly ``batch_size``
-    rows: the last one is padded with zero images (label -1) after its ``n_real`` real rows,
-    so a jit-compiled evaluation compiles once. Starts at batch ``first`` (for resuming)."""
-    n = len(ds)
-    for start in range(first * batch_size, n, batch_size):
-        images, labels = ds.get(np.arange(start, min(start + batch_size, n)))
-        k = len(labels)
-        if k < batch_size:
-            images = np.concatenate([images, np.zeros((batch_size - k, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.full(batch_size - k, -1, labels.dtype)])
-        yield images, labels, k

@@ -1,4 +1,4 @@
-"""Evaluation progress kept on disk, so that an interrupted ``python -m convert`` resumes.
+"""Evaluation progress kept on disk, so that an interrupted ``signgd-convert`` resumes.
 
 ``DIR/convert_progress/`` holds ``settings.json`` (everything that decides the numbers: the
 checkpoint, the test images, the time-steps, the dynamics' settings, the batch size and the
@@ -7,7 +7,8 @@ are done and their running sums (correct answers per time-step, spike counts per
 Batches come in a fixed order and the stochastic codec's key depends on the batch index only,
 so a rerun with the same settings continues after the last saved batch and ends with the same
 numbers as a run that was never interrupted. With other settings the old progress is discarded.
-:func:`convert.report.write_results` removes the folder once ``results.json`` holds everything.
+:func:`~signgd_jax.commands.evaluate.report.write_results` removes the folder once
+``results.json`` holds everything.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from signgd_jax.commands.common import atomic_write, writing
 
 PROGRESS_DIR = "convert_progress"
 SETTINGS_FILE = "settings.json"
@@ -59,21 +62,14 @@ class ProgressStore:
         now = time.monotonic()
         if not force and now - self._saved_at.get(name, now) < self.save_every_s:
             return
-        os.makedirs(self.dir, exist_ok=True)
-        settings_path = os.path.join(self.dir, SETTINGS_FILE)
-        if not os.path.exists(settings_path):
-            _atomic_write(settings_path, lambda f: f.write(json.dumps(self.settings, indent=1).encode()))
-        _atomic_write(self._path(name), lambda f: np.savez(f, batches=np.asarray(batches), **sums))
+        with writing(f"the evaluation progress into {self.dir}"):
+            os.makedirs(self.dir, exist_ok=True)
+            settings_path = os.path.join(self.dir, SETTINGS_FILE)
+            if not os.path.exists(settings_path):
+                atomic_write(settings_path, lambda f: f.write(json.dumps(self.settings, indent=1)))
+            atomic_write(self._path(name), lambda f: np.savez(f, batches=np.asarray(batches), **sums),
+                         binary=True)
         self._saved_at[name] = now
-
-
-def _atomic_write(path: str, write: Callable) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def clear_progress(workdir: str) -> None:

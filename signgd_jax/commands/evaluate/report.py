@@ -1,13 +1,11 @@
-"""The accuracy table, the accuracy-vs-time-steps plot, and atomic file writes."""
+"""The accuracy table, the accuracy-vs-time-steps plot, and writing them atomically."""
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-from convert.progress import clear_progress
+from signgd_jax.commands.common import atomic_outputs, write_json, writing
+from signgd_jax.commands.evaluate.progress import clear_progress
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "accuracy_vs_timesteps.png"
@@ -70,51 +68,11 @@ def accuracy_figure(results: dict):
     return fig
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_outputs(paths: Sequence[str]) -> Iterator[list]:
-    """Yields temporary paths (same folders) for ``paths``; on success all are renamed over
-    their targets, on any error (or Ctrl-C) all are deleted and the targets stay untouched."""
-    tmps = []
-    try:
-        for path in paths:
-            folder, base = os.path.split(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
-            os.close(fd)
-            tmps.append(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        yield list(tmps)
-        for tmp in tmps:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        for tmp, path in zip(tmps, paths):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-
-
-def write_text(tmp: str, text: str) -> None:
-    with open(tmp, "w") as f:
-        f.write(text)
-
-
-def write_json(tmp: str, obj) -> None:
-    write_text(tmp, json.dumps(obj, indent=2) + "\n")
-
-
 def write_results(results: dict, out_dir: str) -> tuple[str, str]:
     """``out_dir/results.json`` and ``out_dir/accuracy_vs_timesteps.png``, atomically; then the
-    evaluation's saved progress (:mod:`convert.progress`) is no longer needed and is removed."""
+    evaluation's saved progress (:mod:`~signgd_jax.commands.evaluate.progress`) is no longer needed and is removed."""
     paths = [os.path.join(out_dir, RESULTS_FILE), os.path.join(out_dir, PLOT_FILE)]
-    with atomic_outputs(paths) as (json_tmp, png_tmp):
+    with writing(f"the results into {out_dir}"), atomic_outputs(paths) as (json_tmp, png_tmp):
         write_json(json_tmp, results)
         accuracy_figure(results).savefig(png_tmp, format="png")
     clear_progress(out_dir)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from train.config import (CHECKPOINT_DIR, CONFIG_FILE, TrainError, build_model, read_json)
+from signgd_jax.commands.common import one_line, read_json
+from signgd_jax.commands.train.config import CHECKPOINT_DIR, CONFIG_FILE, TrainError, build_model
 
 
 class CheckpointError(TrainError):
@@ -103,8 +104,7 @@ def check_shapes(mgr: ocp.CheckpointManager, step: int, abstract) -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(e).__name__}: {one_line(e)}"[:300]
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, *, variables=None, train=None,

@@ -21,7 +21,7 @@ _LATER_DEFAULTS = {"range_penalty": 0.0, "range_bound": 2.5}
 
 
 class TrainError(Exception):
-    """Base class of the errors raised by :mod:`train`."""
+    """Base class of the errors raised by :mod:`signgd_jax.commands.train`."""
 
 
 class ConfigError(TrainError, ValueError):
@@ -30,7 +30,7 @@ class ConfigError(TrainError, ValueError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that defines a training run (see ``python -m train --help``).
+    """Everything that defines a training run (see ``signgd-train --help``).
 
     ``model`` is a name known to ``signgd_jax.models.create`` or ``"package.module:factory"``,
     a callable returning a flax module when called as ``factory(num_classes=N)``.
@@ -138,21 +138,6 @@ def config_record(cfg: TrainConfig, **derived: Any) -> dict:
     record.pop("workdir")
     record.update(derived)
     return record
-
-
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_resumable(old: dict, new: dict) -> None:

@@ -1,115 +1,40 @@
-"""The training loop behind ``python -m train`` and :func:`train.run`.
+"""The epoch loop behind ``signgd-train`` (``python -m train``) and :func:`run`.
 
 Resumable by construction: the example order of an epoch is a pure function of
 ``(seed, epoch)``, the augmentation of a batch of ``(seed, epoch, batch)``, the dropout key of
 the global step; a checkpoint (every ``checkpoint_every`` steps and at every epoch end) holds
-everything else. Rerunning the same command restores the latest checkpoint, skips the steps
-of the epoch already done, and so ends with the same parameters as an uninterrupted run.
+the :class:`~signgd_jax.commands.train.state.TrainState` and the epoch history. Rerunning the
+same command restores the latest complete checkpoint, skips the steps of the epoch already
+done, and so ends with the same parameters as an uninterrupted run.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from signgd_jax import data
-from signgd_jax.regularize import with_range_penalty
-from train import checkpoint as ckpt
-from train.config import (CONFIG_FILE, METRICS_FILE, ConfigError, TrainConfig, build_model,
-                          check_resumable, config_record, read_json, write_json_atomic)
+from signgd_jax.commands.common import atomic_write, read_json, workdir_lock, write_json_atomic
+from signgd_jax.commands.train import checkpoint as ckpt
+from signgd_jax.commands.train.config import (CONFIG_FILE, METRICS_FILE, ConfigError, TrainConfig,
+                                              build_model, check_resumable, config_record)
+from signgd_jax.commands.train.state import (TrainState, learning_rate, make_accuracy,
+                                             make_optimizer, make_train_step)
 
-# Test hook: SIGKILL the process right after this global step (once its checkpoint, if any,
-# is on disk), to exercise resumption. Not part of the CLI.
-KILL_ENV = "SIGNGD_TRAIN_KILL_AT_STEP"
-
-
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """SGD with momentum (the paper's recipe) or AdamW, cosine (or constant) rate.
-
-    ``add_decayed_weights`` before ``sgd`` is PyTorch's ``SGD(weight_decay=...)``: the decay
-    term joins the gradient before the momentum buffer. AdamW (decoupled decay, betas
-    0.9/0.999) trains the LayerNorm/GELU models (ConvNeXt, Mixer, ResMLP) far faster.
-    """
-    lr = (optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
-          if cfg.schedule == "cosine" else cfg.lr)
-    if cfg.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=cfg.weight_decay)
-    return optax.chain(
-        optax.add_decayed_weights(cfg.weight_decay),
-        optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-
-
-def _make_steps(model, tx, mutable: tuple, dropout_key, batch_size: int,
-                range_penalty: float = 0.0, range_bound: float = 2.5):
-    # Conversion-aware training (signgd_jax.regularize): loss + range_penalty * R, where R
-    # penalises non-ReLU neuron targets beyond +-range_bound.
-    apply = model.apply
-    if range_penalty:
-        apply = with_range_penalty(model.apply, range_bound)
-
-    def train_step(variables, state, images, labels):
-        rng = jax.random.fold_in(dropout_key, state["step"])
-
-        def loss_fn(params):
-            v = {**variables, "params": params}
-            kwargs = dict(train=True, rngs={"dropout": rng})
-            if mutable:
-                kwargs["mutable"] = list(mutable)
-            out = apply(v, images, **kwargs)
-            out, penalty = out if range_penalty else (out, 0.0)
-            logits, updates = out if mutable else (out, {})
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), labels).mean() + range_penalty * penalty
-            return loss, (logits, updates)
-
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            variables["params"])
-        opt_updates, opt_state = tx.update(grads, state["opt_state"], variables["params"])
-        params = optax.apply_updates(variables["params"], opt_updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32)
-        new_state = {"opt_state": opt_state, "step": state["step"] + 1,
-                     "loss_sum": state["loss_sum"] + loss * batch_size,
-                     "correct": state["correct"] + correct}
-        return {**variables, **updates, "params": params}, new_state
-
-    def eval_step(variables, images, labels, mask):
-        logits = model.apply(variables, images, train=False)
-        return jnp.sum((jnp.argmax(logits, -1) == labels) & mask).astype(jnp.int32)
-
-    return jax.jit(train_step), jax.jit(eval_step)
-
-
-def _evaluate(eval_step, variables, ds: data.Dataset, batch_size: int) -> float:
-    if len(ds) == 0:
-        return float("nan")
-    batch_size = min(batch_size, len(ds))
-    correct = jnp.zeros((), jnp.int32)
-    for images, labels in data.batches(ds, batch_size):
-        k = len(labels)
-        mask = np.arange(batch_size) < k
-        if k < batch_size:  # pad to one shape: one compilation
-            images = np.concatenate([images, np.zeros((batch_size - k,) + images.shape[1:],
-                                                      images.dtype)])
-            labels = np.concatenate([labels, np.zeros(batch_size - k, labels.dtype)])
-        correct = correct + eval_step(variables, images, labels, mask)
-    return int(correct) / len(ds)
+# Called after every global step as ``on_step(step, checkpointing)``, once the step's
+# checkpoint (if it has one) has been started; for an epoch's last step after the test
+# evaluation, the epoch-end checkpoint and the metrics line. For tests and monitoring.
+StepCallback = Callable[[int, bool], None]
 
 
 def _write_metrics(path: str, history: list) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in history)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in history))
 
 
 def _append_metrics(path: str, record: dict) -> None:
@@ -117,23 +42,6 @@ def _append_metrics(path: str, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: str):
-    """Hold an exclusive lock on the workdir (released by the OS if the process dies)."""
-    import fcntl
-
-    with open(os.path.join(workdir, ".lock"), "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"workdir {workdir} is in use by another training process") \
-                from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _finished_record(workdir: str, cfg: TrainConfig, settings: dict) -> Optional[dict]:
@@ -162,131 +70,136 @@ def _finished_record(workdir: str, cfg: TrainConfig, settings: dict) -> Optional
     return None
 
 
-def run(config: TrainConfig, model=None, log: Callable[[str], None] = print) -> dict:
+def _initial_state(model, seed: int, image_shape, tx) -> tuple[TrainState, jax.Array]:
+    """The freshly initialised state and the dropout key, both from ``seed``."""
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    variables = jax.jit(lambda k: model.init(
+        k, jnp.zeros((1, *image_shape), jnp.float32), train=False))(init_key)
+    return TrainState.create(variables, tx), dropout_key
+
+
+def _restore_latest(mgr, state: TrainState, log, epochs: int, spe: int) -> tuple[TrainState, dict]:
+    """``(state, meta)`` of the latest checkpoint, or the given state at the start."""
+    meta = {"epoch": 0, "step_in_epoch": 0, "epochs_done": 0, "history": [], "epoch_seconds": 0.0}
+    latest = mgr.latest_step()
+    if latest is None:
+        return state, meta
+    variables, train = (ckpt.abstract_like(item) for item in state.checkpoint_items())
+    try:
+        ckpt.check_shapes(mgr, latest, variables)
+        got = ckpt.restore(mgr, latest, variables=variables, train=train, meta=True)
+    except ckpt.CheckpointError as e:
+        raise type(e)(f"{e} (to resume from an earlier checkpoint, delete "
+                      f"{mgr.directory}/{latest})") from e
+    meta = got["meta"]
+    log(f"resuming from checkpoint {latest}: epoch {meta['epoch'] + 1}/{epochs}, "
+        f"step {meta['step_in_epoch']}/{spe}")
+    return TrainState.from_checkpoint_items(got["variables"], got["train"]), meta
+
+
+def _prepare(cfg: TrainConfig, splits: tuple[str, str], settings: dict):
+    """``(train_ds, test_ds, config record)``; ConfigError when the batch does not fit."""
+    train_ds = data.load(cfg.dataset, splits[0], cfg.data_dir).take(cfg.limit_train)
+    test_ds = data.load(cfg.dataset, splits[1], cfg.data_dir).take(cfg.limit_test)
+    if len(train_ds) < cfg.batch_size:
+        raise ConfigError(f"batch-size {cfg.batch_size} exceeds the {len(train_ds)} training examples")
+    spe = len(train_ds) // cfg.batch_size
+    record = dict(settings, train_examples=len(train_ds), test_examples=len(test_ds),
+                  steps_per_epoch=spe, total_steps=cfg.epochs * spe)
+    return train_ds, test_ds, record
+
+
+def run(config: TrainConfig, model=None, log: Callable[[str], None] = print,
+        on_step: Optional[StepCallback] = None) -> dict:
     """Train (or resume, or notice it is done) as ``config`` says; return the last epoch's
     metrics ``{"epoch", "train_loss", "train_acc", "test_acc", "seconds", "step", "lr"}``.
 
     ``model`` overrides building ``config.model`` (any flax module called as
-    ``model.apply(variables, images, train=...)``). Raises :class:`ConfigError` for bad
-    settings, ``signgd_jax.data.DatasetNotPrepared``, or a ``CheckpointError`` when the
-    workdir's checkpoint cannot be restored.
+    ``model.apply(variables, images, train=...)``); ``on_step`` see :data:`StepCallback`.
+    Raises :class:`ConfigError` for bad settings or a workdir in use,
+    ``signgd_jax.data.DatasetNotPrepared``, or a ``CheckpointError`` when the workdir's
+    checkpoint cannot be restored.
     """
     cfg = config
     cfg.validate()
-    image_shape, num_classes, train_split, test_split = data.dataset_info(cfg.dataset)
+    image_shape, num_classes, *splits = data.dataset_info(cfg.dataset)
     workdir = os.path.abspath(os.path.expanduser(cfg.workdir))
     settings = config_record(cfg, num_classes=num_classes, image_shape=list(image_shape))
-
     done = _finished_record(workdir, cfg, settings)
     if done is not None:
         log(f"training already finished in {workdir} ({cfg.epochs} epochs, "
             f"test accuracy {done['test_acc']:.4f}); nothing to do")
         return done
-
-    if model is None:
-        model = build_model(cfg.model, num_classes)
-    train_ds = data.load(cfg.dataset, train_split, cfg.data_dir).take(cfg.limit_train)
-    test_ds = data.load(cfg.dataset, test_split, cfg.data_dir).take(cfg.limit_test)
-    n_train, bs = len(train_ds), cfg.batch_size
-    if n_train < bs:
-        raise ConfigError(f"batch-size {bs} exceeds the {n_train} training examples")
-    spe = n_train // bs
-    total = cfg.epochs * spe
-    record = dict(settings, train_examples=n_train, test_examples=len(test_ds),
-                  steps_per_epoch=spe, total_steps=total)
+    model = build_model(cfg.model, num_classes) if model is None else model
+    train_ds, test_ds, record = _prepare(cfg, tuple(splits), settings)
     os.makedirs(workdir, exist_ok=True)
-    with _workdir_lock(workdir):
+    with workdir_lock(workdir, ConfigError):
         cfg_path = os.path.join(workdir, CONFIG_FILE)
         if os.path.isfile(cfg_path):
             check_resumable(read_json(cfg_path), record)
-        write_json_atomic(cfg_path, record)
-
-        key = jax.random.key(cfg.seed)
-        init_key, dropout_key = jax.random.split(key)
-        variables = jax.jit(lambda k: model.init(
-            k, jnp.zeros((1, *image_shape), jnp.float32), train=False))(init_key)
-        variables = dict(variables)
-        mutable = tuple(k for k in variables if k != "params")
-        tx = make_optimizer(cfg, total)
-        state = {"opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32),
-                 "loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32)}
-        meta = {"epoch": 0, "step_in_epoch": 0, "epochs_done": 0, "history": [],
-                "epoch_seconds": 0.0}
-
+        write_json_atomic(cfg_path, record, sort_keys=True)
+        tx = make_optimizer(cfg, record["total_steps"])
+        state, dropout_key = _initial_state(model, cfg.seed, image_shape, tx)
         mgr = ckpt.manager(workdir, keep=cfg.keep_checkpoints)
         try:
-            latest = mgr.latest_step()
-            if latest is not None:
-                target_vars = ckpt.abstract_like(variables)
-                try:
-                    ckpt.check_shapes(mgr, latest, target_vars)
-                    got = ckpt.restore(mgr, latest, variables=target_vars,
-                                       train=ckpt.abstract_like(state), meta=True)
-                except ckpt.CheckpointError as e:
-                    raise type(e)(f"{e} (to resume from an earlier checkpoint, delete "
-                                  f"{mgr.directory}/{latest})") from e
-                variables, state, meta = dict(got["variables"]), got["train"], got["meta"]
-                log(f"resuming from checkpoint {latest}: epoch {meta['epoch'] + 1}/{cfg.epochs}, "
-                    f"step {meta['step_in_epoch']}/{spe}")
-            metrics_path = os.path.join(workdir, METRICS_FILE)
-            _write_metrics(metrics_path, meta["history"])  # drop lines past the checkpoint
-            history = list(meta["history"])
-            train_step, eval_step = _make_steps(model, tx, mutable, dropout_key, bs,
-                                                cfg.range_penalty, cfg.range_bound)
-            kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
-            lr_at = (optax.cosine_decay_schedule(cfg.lr, max(total, 1))
-                     if cfg.schedule == "cosine" else (lambda s: cfg.lr))
-
-            def save(epoch, step_in_epoch, epochs_done, seconds):
-                ckpt.save(mgr, epoch * spe + step_in_epoch, variables, state,
-                          {"epoch": epoch, "step_in_epoch": step_in_epoch,
-                           "epochs_done": epochs_done, "history": list(history),
-                           "epoch_seconds": seconds, "global_step": epoch * spe + step_in_epoch,
-                           "seed": cfg.seed})
-
-            for epoch in range(meta["epoch"], cfg.epochs):
-                first = epoch == meta["epoch"]
-                start = meta["step_in_epoch"] if first else 0
-                t0 = time.perf_counter() - (meta["epoch_seconds"] if first else 0.0)
-                bar = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           unit="step", leave=False, disable=not cfg.progress, file=sys.stderr,
-                           dynamic_ncols=True, mininterval=0.5)
-                batches = data.batches(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                       drop_remainder=True, augment=cfg.resolved_augment(),
-                                       start=start)
-                for s, (images, labels) in enumerate(batches, start + 1):
-                    variables, state = train_step(variables, state, images, labels)
-                    bar.update(1)
-                    if cfg.progress and s % 20 == 0:
-                        bar.set_postfix(loss=f"{float(state['loss_sum']) / (s * bs):.4f}",
-                                        refresh=False)
-                    if s < spe and (epoch * spe + s) % cfg.checkpoint_every == 0:
-                        save(epoch, s, epoch, time.perf_counter() - t0)
-                    if kill_at and epoch * spe + s == kill_at:
-                        mgr.wait_until_finished()
-                        os.kill(os.getpid(), signal.SIGKILL)
-                bar.close()
-
-                test_acc = _evaluate(eval_step, variables, test_ds, cfg.eval_batch_size)
-                rec = {"epoch": epoch + 1,
-                       "train_loss": float(state["loss_sum"]) / (spe * bs),
-                       "train_acc": int(state["correct"]) / (spe * bs),
-                       "test_acc": test_acc,
-                       "seconds": round(time.perf_counter() - t0, 3),
-                       "step": (epoch + 1) * spe,
-                       "lr": float(lr_at((epoch + 1) * spe - 1))}  # of the epoch's last step
-                history.append(rec)
-                state = {**state, "loss_sum": jnp.zeros((), jnp.float32),
-                         "correct": jnp.zeros((), jnp.int32)}
-                save(epoch + 1, 0, epoch + 1, 0.0)
-                _append_metrics(metrics_path, rec)
-                log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
-                    f"train acc {rec['train_acc']:.4f}, test acc {test_acc:.4f}, "
-                    f"{rec['seconds']:.1f}s")
-                if kill_at and (epoch + 1) * spe == kill_at:
-                    mgr.wait_until_finished()
-                    os.kill(os.getpid(), signal.SIGKILL)
+            state, meta = _restore_latest(mgr, state, log, cfg.epochs, record["steps_per_epoch"])
+            history = _epochs(cfg, model, tx, dropout_key, mgr, state, meta, train_ds, test_ds,
+                              os.path.join(workdir, METRICS_FILE), log, on_step or (lambda *_: None))
             mgr.wait_until_finished()
         finally:
             mgr.close()
     return history[-1]
+
+
+def _epochs(cfg: TrainConfig, model, tx, dropout_key, mgr, state: TrainState, meta: dict,
+            train_ds, test_ds, metrics_path: str, log, on_step: StepCallback) -> list:
+    """Train the epochs from ``meta``'s position to the end; returns the epoch history."""
+    bs = cfg.batch_size
+    spe = len(train_ds) // bs
+    train_step = make_train_step(model, tx, dropout_key, cfg.range_penalty, cfg.range_bound)
+    accuracy = make_accuracy(model, cfg.eval_batch_size)
+    lr_at = learning_rate(cfg, cfg.epochs * spe)
+    history = list(meta["history"])
+    _write_metrics(metrics_path, history)  # drop lines past the checkpoint
+
+    def save(state, epoch, step_in_epoch, epochs_done, seconds):
+        step = epoch * spe + step_in_epoch
+        ckpt.save(mgr, step, *state.checkpoint_items(),
+                  {"epoch": epoch, "step_in_epoch": step_in_epoch, "epochs_done": epochs_done,
+                   "history": list(history), "epoch_seconds": seconds, "global_step": step,
+                   "seed": cfg.seed})
+
+    for epoch in range(meta["epoch"], cfg.epochs):
+        resumed = epoch == meta["epoch"]
+        start = meta["step_in_epoch"] if resumed else 0
+        t0 = time.perf_counter() - (meta["epoch_seconds"] if resumed else 0.0)
+        bar = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   leave=False, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.5)
+        batches = data.batches(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
+                               drop_remainder=True, augment=cfg.resolved_augment(), start=start)
+        for s, (images, labels) in enumerate(batches, start + 1):
+            state = train_step(state, images, labels)
+            bar.update(1)
+            if cfg.progress and s % 20 == 0:
+                bar.set_postfix(loss=f"{float(state.loss_sum) / (s * bs):.4f}", refresh=False)
+            if s < spe:
+                checkpointing = (epoch * spe + s) % cfg.checkpoint_every == 0
+                if checkpointing:
+                    save(state, epoch, s, epoch, time.perf_counter() - t0)
+                on_step(epoch * spe + s, checkpointing)
+        bar.close()
+
+        test_acc = accuracy(state.variables, test_ds)
+        rec = {"epoch": epoch + 1, "train_loss": float(state.loss_sum) / (spe * bs),
+               "train_acc": int(state.correct) / (spe * bs), "test_acc": test_acc,
+               "seconds": round(time.perf_counter() - t0, 3), "step": (epoch + 1) * spe,
+               "lr": float(lr_at((epoch + 1) * spe - 1))}  # of the epoch's last step
+        history.append(rec)
+        state = state.new_epoch()
+        save(state, epoch + 1, 0, epoch + 1, 0.0)
+        _append_metrics(metrics_path, rec)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {rec['train_loss']:.4f}, "
+            f"train acc {rec['train_acc']:.4f}, test acc {test_acc:.4f}, {rec['seconds']:.1f}s")
+        on_step((epoch + 1) * spe, True)
+    return history

@@ -1,0 +1,24 @@
+"""Train classifiers for ANN-to-SNN conversion: ``signgd-train`` (``python -m train`` from the
+repository root) or :func:`run`.
+
+Library API::
+
+    from signgd_jax.commands.train import TrainConfig, run, load_trained
+    metrics = run(TrainConfig(model="resnet_mini", dataset="cifar10", workdir="runs/r"))
+    model, variables, config = load_trained("runs/r")
+
+A workdir holds ``config.json`` (model, dataset, num_classes, image_shape, hyperparameters:
+enough to rebuild the model), ``metrics.jsonl`` (one JSON line per finished epoch) and
+``checkpoints/<global step>/`` (orbax; see :mod:`signgd_jax.commands.train.checkpoint`).
+Rerunning an interrupted run with the same settings resumes it from its last checkpoint.
+"""
+from signgd_jax.commands.train.checkpoint import (CheckpointError, CheckpointMismatch,
+                                                  CheckpointNotFound, CorruptCheckpoint,
+                                                  load_trained)
+from signgd_jax.commands.train.config import ConfigError, TrainConfig, TrainError, build_model
+from signgd_jax.commands.train.loop import StepCallback, run
+from signgd_jax.commands.train.state import TrainState, make_optimizer, make_train_step
+
+__all__ = ["TrainConfig", "run", "load_trained", "build_model", "make_optimizer",
+           "make_train_step", "TrainState", "StepCallback", "TrainError", "ConfigError",
+           "CheckpointError", "CheckpointNotFound", "CorruptCheckpoint", "CheckpointMismatch"]
