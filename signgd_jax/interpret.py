@@ -1,21 +1,36 @@
 """Runs a traced network with its nonlinearity sites handled by a caller-supplied function.
 
 The converter and the simulator never edit a model: they trace it once to a jaxpr and
-evaluate that jaxpr here. Ordinary equations are evaluated as they are; each site (see
-``signgd_jax.nn``) is handed to ``on_site(index, kind, options, inputs)``, which returns the
-value that flows on (the ANN value while calibrating, ones or zeros in the probe pass, a
-neuron's output in the SNN step). Values are tagged *dynamic* when they depend on the network
-input; a nonlinear operation on a dynamic value that is not a site cannot be converted and is
-reported by name.
+evaluate that jaxpr here, in three stages.
+
+1. *Flatten* (:func:`flatten`): calls (``jit``, ``closed_call``, ``remat``/``checkpoint``,
+   ``custom_jvp_call``, ``custom_vjp_call``) are inlined and ``scan`` (``lax.scan``,
+   ``nn.scan``, ``lax.fori_loop`` with Python-int bounds) is unrolled, so every loop iteration
+   gets its own sites. Every other primitive that carries a sub-program (``while``, ``cond``,
+   ``shard_map``, ...) stays one operation: it is evaluated as it is when no network activation
+   flows into it, and refused by name when one does. Nothing is run "once as a call".
+2. *Recognise* (:mod:`signgd_jax.recognize`): standard operations (``jax.nn.gelu``,
+   ``flax.linen.LayerNorm``, ``nn.max_pool``, ``x * x``, ...) become the ``signgd_jax.nn``
+   sites they stand for.
+3. *Evaluate*: ordinary equations are evaluated as they are; each site is handed to
+   ``on_site(index, kind, options, inputs)``, which returns the value that flows on (the ANN
+   value while calibrating, ones or zeros in the probe pass, a neuron's output in the SNN
+   step). Values are tagged *dynamic* when they depend on the network input; a nonlinear
+   operation on a dynamic value that is not a site raises :class:`UnsupportedOperation` naming
+   the primitive, the Flax module path and the user's source line.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+import itertools
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
+from signgd_jax import recognize
 from signgd_jax.nn import SITE_KINDS, ann_op, site_p
 
 
@@ -33,47 +48,62 @@ _LINEAR = {
 # Affine only when the listed operand positions are static.
 _STATIC_OPERANDS = {
     "pad": (1,), "select_n": (0,), "dynamic_slice": "tail", "gather": (1,), "div": (1,),
+    "dynamic_update_slice": "tail2",
 }
 # Bilinear operations: affine when at most one operand is dynamic.
 _BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_HINTS = {
-    "max": "use signgd_jax.nn.maximum / relu", "reduce_window_max": "use signgd_jax.nn.max_pool",
-    "rsqrt": "use signgd_jax.nn.LayerNorm / layer_norm", "sqrt": "use signgd_jax.nn.rsqrt_mul",
-    "tanh": "use signgd_jax.nn.gelu", "erf": "use signgd_jax.nn.gelu", "logistic": "use signgd_jax.nn.gelu",
-    "exp": "use signgd_jax.nn.exp", "integer_pow": "use signgd_jax.nn.square", "abs": "use signgd_jax.nn.abs",
+# Primitives whose sub-program is inlined (param holding it); scan is unrolled separately.
+_CALLS = {
+    "jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+    "remat": "jaxpr", "remat2": "jaxpr", "checkpoint": "jaxpr", "named_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
+# Sub-program primitives refused on activations, with what to write instead.
+_REFUSED_CONTROL = {
+    "while": "lax.while_loop (or lax.fori_loop with traced bounds): its trip count is not fixed when "
+             "converting; use lax.fori_loop with Python-int bounds, lax.scan or nn.scan",
+    "cond": "lax.cond / lax.switch on network activations: a spiking network has no branches; "
+            "compute both sides and combine them, or branch on a Python value",
 }
 SUPPORTED_TEXT = (
-    "supported nonlinearities: signgd_jax.nn sites (" + ", ".join(SITE_KINDS) + "), signgd_jax.nn.max_pool, "
-    "signgd_jax.nn.LayerNorm/layer_norm and plain relu (max(x, 0)); between them only affine operations "
-    "(dense, conv, BatchNorm in eval mode, adds, means, reshapes, padding, slicing)"
+    "supported: " + recognize.SUPPORTED_TEXT + "; signgd_jax.nn sites (" + ", ".join(SITE_KINDS) + "); "
+    "between them only affine operations (dense, conv, BatchNorm in eval mode, adds, means, average "
+    "pooling, reshapes, padding, slicing); loops: lax.scan, nn.scan, lax.fori_loop with Python-int bounds"
 )
 
 
-def _is_zero_literal(var) -> bool:
-    return isinstance(var, Literal) and np.ndim(var.val) == 0 and float(var.val) == 0.0
-
-
 def _affine_ok(name: str, dynamic: Sequence[bool]) -> bool:
+    if name in _STATIC_OPERANDS:
+        positions = _STATIC_OPERANDS[name]
+        if positions == "tail":
+            positions = range(1, len(dynamic))
+        elif positions == "tail2":
+            positions = range(2, len(dynamic))
+        return not any(dynamic[i] for i in positions)
     if name in _LINEAR:
         return True
     if name in _BILINEAR:
         return sum(dynamic) <= 1
-    if name in _STATIC_OPERANDS:
-        positions = _STATIC_OPERANDS[name]
-        positions = range(1, len(dynamic)) if positions == "tail" else positions
-        return not any(dynamic[i] for i in positions)
     return False
 
 
-def _sub_jaxpr(eqn):
-    for key in _CALL_PARAMS:
-        sub = eqn.params.get(key)
-        if isinstance(sub, ClosedJaxpr):
-            return sub
-        if isinstance(sub, Jaxpr):
-            return ClosedJaxpr(sub, ())
+def _sub_program(eqn):
+    """The inlinable sub-program of a call primitive, else None."""
+    key = _CALLS.get(eqn.primitive.name)
+    sub = eqn.params.get(key) if key else None
+    if isinstance(sub, ClosedJaxpr):
+        return sub
+    if isinstance(sub, Jaxpr):
+        return ClosedJaxpr(sub, ())
     return None
+
+
+def _carries_program(eqn) -> bool:
+    def is_program(value):
+        if isinstance(value, (ClosedJaxpr, Jaxpr)):
+            return True
+        return isinstance(value, (tuple, list)) and any(isinstance(v, (ClosedJaxpr, Jaxpr)) for v in value)
+    return any(is_program(v) for v in eqn.params.values())
 
 
 def _bind(eqn, values):
@@ -85,8 +115,174 @@ def _bind(eqn, values):
     return out if eqn.primitive.multiple_results else [out]
 
 
+# ----------------------------------------------------------------------------- flattening
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One operation of a flattened program.
+
+    ``eqn``: the jaxpr equation it evaluates, or None for an operation made by unrolling
+    (``fn``, always linear: taking one loop iteration's slice, stacking the outputs).
+    ``ins``: references (hashable) or ``Literal``; ``outs``: references.
+    """
+
+    eqn: Any
+    ins: tuple
+    outs: tuple
+    fn: Callable | None = None
+
+    @property
+    def name(self) -> str:
+        return self.eqn.primitive.name if self.eqn is not None else "unrolled_loop_slice"
+
+
+@dataclasses.dataclass
+class Program:
+    """A jaxpr with calls inlined and scans unrolled: ``ops`` in evaluation order."""
+
+    ops: list
+    consts: dict
+    invars: list
+    outvars: list
+
+
+def _take(i, xs):
+    return jax.lax.index_in_dim(xs, i, axis=0, keepdims=False)
+
+
+def _stack(*ys):
+    return jnp.stack(ys)
+
+
+def flatten(closed: ClosedJaxpr) -> Program:
+    """Inlines calls and unrolls scans of ``closed`` (see the module docstring)."""
+    program = Program([], {}, [], [])
+    fresh = itertools.count()
+    program.invars = [("in", i) for i in range(len(closed.jaxpr.invars))]
+    program.outvars = _flatten_into(program, closed.jaxpr, closed.consts, program.invars, fresh)
+    return program
+
+
+def _flatten_into(program: Program, jaxpr: Jaxpr, consts, in_refs, fresh) -> list:
+    scope = next(fresh)
+    local = {}
+
+    def ref(var):
+        return var if isinstance(var, Literal) else local[var]
+
+    for var, const in zip(jaxpr.constvars, consts):
+        local[var] = (scope, var)
+        program.consts[(scope, var)] = const
+    for var, r in zip(jaxpr.invars, in_refs):
+        local[var] = r
+    for eqn in jaxpr.eqns:
+        ins = [ref(v) for v in eqn.invars]
+        sub = _sub_program(eqn)
+        if sub is not None:
+            outs = _flatten_into(program, sub.jaxpr, sub.consts, ins, fresh)
+        elif eqn.primitive.name == "scan":
+            outs = _unroll_scan(program, eqn, ins, fresh)
+        else:
+            outs = [(scope, v) for v in eqn.outvars]
+            program.ops.append(Op(eqn, tuple(ins), tuple(outs)))
+        for var, out in zip(eqn.outvars, outs):
+            local[var] = out
+    return [ref(v) for v in jaxpr.outvars]
+
+
+def _unroll_scan(program: Program, eqn, ins, fresh) -> list:
+    body, length = eqn.params["jaxpr"], eqn.params["length"]
+    n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+    consts, carry, xs = ins[:n_consts], list(ins[n_consts:n_consts + n_carry]), ins[n_consts + n_carry:]
+    ys = {}
+    order = range(length - 1, -1, -1) if eqn.params.get("reverse") else range(length)
+    for i in order:
+        x_i = []
+        for x in xs:
+            out = ("scan", next(fresh))
+            program.ops.append(Op(None, (x,), (out,), fn=lambda v, i=i: [_take(i, v)]))
+            x_i.append(out)
+        outs = _flatten_into(program, body.jaxpr, body.consts, [*consts, *carry, *x_i], fresh)
+        carry, ys[i] = list(outs[:n_carry]), outs[n_carry:]
+    stacked = []
+    for j, var in enumerate(eqn.outvars[n_carry:]):
+        out = ("scan", next(fresh))
+        if length:
+            program.ops.append(Op(None, tuple(ys[i][j] for i in range(length)), (out,), fn=lambda *v: [_stack(*v)]))
+        else:
+            aval = var.aval
+            program.ops.append(Op(None, (), (out,), fn=lambda a=aval: [jnp.zeros(a.shape, a.dtype)]))
+        stacked.append(out)
+    return [*carry, *stacked]
+
+
+def dynamic_flags(program: Program, dynamic: Sequence[bool]) -> dict:
+    """Which references depend on the dynamic inputs (any dynamic operand makes a dynamic output)."""
+    flags = dict(zip(program.invars, dynamic))
+    for op in program.ops:
+        d = any(flags.get(r, False) for r in op.ins if not isinstance(r, Literal))
+        for r in op.outs:
+            flags[r] = d
+    return flags
+
+
+# ----------------------------------------------------------------------------- errors
+def describe(eqn) -> str:
+    """Where an equation comes from: ``in module 'Block_0/Dense_1' at file.py:12 (fn)``."""
+    if eqn is None:
+        return ""
+    parts = []
+    try:
+        stack = str(eqn.source_info.name_stack)
+        if stack:
+            parts.append(f"in module '{stack}'")
+    except Exception:  # noqa: BLE001 - location is a courtesy, never an error of its own
+        pass
+    try:
+        from jax._src import source_info_util
+        frame = source_info_util.user_frame(eqn.source_info.traceback)
+        if frame is not None:
+            parts.append(f"at {frame.file_name}:{frame.start_line} ({frame.function_name})")
+    except Exception:  # noqa: BLE001
+        pass
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _refuse(op: Op):
+    name = op.name
+    where = describe(op.eqn)
+    if name in _REFUSED_CONTROL:
+        raise UnsupportedOperation(f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}")
+    if op.eqn is not None and _carries_program(op.eqn):
+        raise UnsupportedOperation(
+            f"cannot convert '{name}'{where}: a sub-program primitive the converter does not unroll "
+            f"is applied to network activations; {SUPPORTED_TEXT}")
+    hint = recognize.HINTS.get(name)
+    raise UnsupportedOperation(
+        f"cannot convert operation '{name}' applied to network activations{where}"
+        + (f" ({hint})" if hint else "") + f"; {SUPPORTED_TEXT}")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _abstract(value):
+    return jax.ShapeDtypeStruct(np.shape(value), jnp.result_type(value))
+
+
+def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_avals):
+    """Evaluates ``fn`` (written with ``signgd_jax.nn``) through this interpreter."""
+    closed = jax.make_jaxpr(fn)(*[_abstract(v) for v in values])
+    outs, out_dyn = run(closed, list(values), list(dyn), on_site, counter, affine_rule, strict)
+    fixed = []
+    for out, aval in zip(outs, out_avals):
+        out = jnp.asarray(out)
+        if out.shape != tuple(aval.shape):
+            out = jnp.broadcast_to(out, aval.shape)
+        fixed.append(out.astype(aval.dtype))
+    return fixed, out_dyn
+
+
 def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: Callable,
-        counter: list | None = None, affine_rule: Callable | None = None, strict: bool = True):
+        counter: list | None = None, affine_rule: Callable | None = None, strict: bool = True,
+        recognize_ops: bool | None = None):
     """Evaluates ``closed`` on ``args``; returns ``(outputs, output_is_dynamic)``.
 
     ``counter`` numbers the sites in evaluation order, which is the same for every trace of
@@ -95,55 +291,66 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
     values instead (returning their outputs, or None for the ordinary evaluation).
     With ``strict=False`` other nonlinear operations on dynamic values are evaluated as they
     are instead of raising (for training-time passes, e.g. BatchNorm in training mode).
+    ``recognize_ops`` (default: ``strict``) turns standard operations into sites
+    (:mod:`signgd_jax.recognize`); without it only ``signgd_jax.nn`` sites and ``max(x, 0)`` are.
     """
     counter = [0] if counter is None else counter
-    env = {}
+    recognize_ops = strict if recognize_ops is None else recognize_ops
+    program = flatten(closed)
+    flags = dynamic_flags(program, dynamic)
+    if strict:  # control flow on activations is refused before anything runs, by its name
+        for op in program.ops:
+            if op.name in _REFUSED_CONTROL and any(flags.get(r, False) for r in op.ins if not isinstance(r, Literal)):
+                _refuse(op)
+    plan = recognize.plan(program, flags) if recognize_ops else recognize.Plan()
+    env = dict(program.consts)
+    env_dyn = {r: False for r in program.consts}
+    for r, arg, dyn in zip(program.invars, args, dynamic):
+        env[r], env_dyn[r] = arg, dyn
 
-    def read(var):
-        if isinstance(var, Literal):
-            return var.val, False
-        return env[var]
+    def read(r):
+        if isinstance(r, Literal):
+            return r.val, False
+        return env[r], env_dyn[r]
 
-    for var, const in zip(closed.jaxpr.constvars, closed.consts):
-        env[var] = (const, False)
-    for var, arg, dyn in zip(closed.jaxpr.invars, args, dynamic):
-        env[var] = (arg, dyn)
-
-    for eqn in closed.jaxpr.eqns:
-        values, dyn = zip(*[read(v) for v in eqn.invars]) if eqn.invars else ((), ())
-        name = eqn.primitive.name
-        is_site = eqn.primitive is site_p
-        relu_pattern = name == "max" and sum(dyn) == 1 and any(_is_zero_literal(v) for v in eqn.invars)
+    for position, op in enumerate(program.ops):
+        if position in plan.skip:
+            continue
+        if position in plan.substitutes:
+            sub = plan.substitutes[position]
+            sub_values, sub_dyn = zip(*[read(r) for r in sub.ins])
+            avals = [v.aval for v in op.eqn.outvars]
+            outs, out_dyn = _run_substitute(sub.fn, sub_values, sub_dyn, on_site, counter, affine_rule, strict, avals)
+            for r, out, d in zip(op.outs, outs, out_dyn):
+                env[r], env_dyn[r] = out, d
+            continue
+        values, dyn = zip(*[read(r) for r in op.ins]) if op.ins else ((), ())
+        name = op.name
         if not any(dyn):
-            outs, out_dyn = _bind(eqn, values), False
-        elif is_site or relu_pattern:
+            outs, out_dyn = (op.fn(*values) if op.fn is not None else _bind(op.eqn, values)), False
+        elif op.fn is not None:
+            outs, out_dyn = op.fn(*values), True
+        elif op.eqn.primitive is site_p:
             index = counter[0]
             counter[0] += 1
-            if is_site:
-                kind, options = eqn.params["kind"], dict(eqn.params["options"])
-                inputs = list(values)
-            else:
-                kind, options = "relu", {}
-                inputs = [values[dyn.index(True)]]
-            outs, out_dyn = [on_site(index, kind, options, inputs)], True
-        elif (sub := _sub_jaxpr(eqn)) is not None:
-            outs, dyn_list = run(sub, values, dyn, on_site, counter, affine_rule, strict)
-            out_dyn = any(dyn_list)
+            kind, options = op.eqn.params["kind"], dict(op.eqn.params["options"])
+            outs, out_dyn = [on_site(index, kind, options, list(values))], True
+        elif (rule := recognize.elementary(op, values, dyn, recognize_ops)) is not None:
+            avals = [v.aval for v in op.eqn.outvars]
+            outs, _ = _run_substitute(rule, values, dyn, on_site, counter, affine_rule, strict, avals)
+            out_dyn = True
         elif _affine_ok(name, dyn):
-            outs = affine_rule(eqn, values, dyn) if affine_rule else None
-            outs, out_dyn = (_bind(eqn, values) if outs is None else outs), True
-        elif not strict:
-            outs, out_dyn = _bind(eqn, values), True
+            outs = affine_rule(op.eqn, values, dyn) if affine_rule else None
+            outs, out_dyn = (_bind(op.eqn, values) if outs is None else outs), True
+        elif not strict and name not in _REFUSED_CONTROL:
+            outs, out_dyn = _bind(op.eqn, values), True
         else:
-            hint = _HINTS.get(name)
-            raise UnsupportedOperation(
-                f"cannot convert operation '{name}' applied to network activations"
-                + (f" ({hint})" if hint else "") + f"; {SUPPORTED_TEXT}"
-            )
-        for var, out in zip(eqn.outvars, outs):
-            env[var] = (out, out_dyn)
+            _refuse(op)
+        out_dyn = out_dyn if isinstance(out_dyn, (list, tuple)) else [out_dyn] * len(op.outs)
+        for r, out, d in zip(op.outs, outs, out_dyn):
+            env[r], env_dyn[r] = out, d
 
-    results = [read(v) for v in closed.jaxpr.outvars]
+    results = [read(r) for r in program.outvars]
     return [r[0] for r in results], [r[1] for r in results]
 
 

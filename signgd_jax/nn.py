@@ -288,3 +288,22 @@ class LayerNorm(nn.Module):
         if self.input_scale != 1.0:
             x = x * self.input_scale
         return layer_norm(x, scale, bias, self.epsilon * self.input_scale ** 2, self.normalized_scale)
+
+
+# ----------------------------------------------------------------------------- any layout
+def reduce_window_max(x, window_dimensions: Sequence[int], window_strides: Sequence[int],
+                      padding: Sequence[tuple[int, int]]):
+    """``lax.reduce_window`` max (no dilation) of any layout as binary max neurons, one axis
+    after the other in axis order (for NHWC windows exactly :func:`max_pool`)."""
+    for axis, (w, s, p) in enumerate(zip(window_dimensions, window_strides, padding)):
+        if (w, s, tuple(p)) != (1, 1, (0, 0)):
+            x = _pool_axis(x, axis, w, s, tuple(p))
+    return x
+
+
+def reduce_max(x, axes: Sequence[int]):
+    """``jnp.max(x, axis=axes)`` as chains of binary max neurons (one axis after the other)."""
+    axes = sorted(a % x.ndim for a in axes)
+    for axis in axes:
+        x = _pool_axis(x, axis, x.shape[axis], x.shape[axis], (0, 0))
+    return jnp.squeeze(x, axis=tuple(axes))
