@@ -361,10 +361,31 @@ def _abstract_variables(model, image_size):
     return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
 
 
-def from_arrays(arrays: Mapping[str, np.ndarray], name: str, source: str | None = None, *, origin: str = "checkpoint"):
-    """:func:`from_checkpoint` for arrays already in memory (``origin`` names them in errors)."""
+def _plan(name: str, source: str):
+    """The model for ``(name, source)`` and its ``[(entry, our shape)]``."""
     from signgd_jax import models  # the registry imports this module's package
 
+    layout = LAYOUTS[name][source]
+    model = models.create(name, **layout.overrides)
+    abstract = _abstract_variables(model, layout.preprocessing.image_size)
+    shapes = dict(_leaf_shapes(abstract))
+    plan = [(entry, shapes[entry.path]) for entry in layout.entries(model, abstract)]
+    uncovered = sorted(set(shapes) - {entry.path for entry, _ in plan})
+    if uncovered:  # the layout table does not cover the model: a bug here, not in a file
+        raise RuntimeError(f"{name} ({source}): no checkpoint entry for {'/'.join(uncovered[0])}")
+    return model, plan
+
+
+def expected_shapes(name: str, source: str) -> dict[str, tuple]:
+    """``{key: shape}`` that a ``source`` checkpoint of ``name`` holds, in the publisher's
+    layout and order (torch's optional ``num_batches_tracked`` left out)."""
+    if source not in _layouts_for(name):
+        raise ValueError(f"{name}: unknown source {source!r}; supported: {', '.join(LAYOUTS[name])}")
+    return {entry.key: tuple(entry.source_shape(shape)) for entry, shape in _plan(name, source)[1]}
+
+
+def from_arrays(arrays: Mapping[str, np.ndarray], name: str, source: str | None = None, *, origin: str = "checkpoint"):
+    """:func:`from_checkpoint` for arrays already in memory (``origin`` names them in errors)."""
     layouts = _layouts_for(name)
     if source is None:
         try:
@@ -373,11 +394,8 @@ def from_arrays(arrays: Mapping[str, np.ndarray], name: str, source: str | None 
             raise CheckpointMismatch(f"{origin}: {error}") from None
     elif source not in layouts:
         raise ValueError(f"{name}: unknown source {source!r}; supported: {', '.join(layouts)}")
-    layout = layouts[source]
-    model = models.create(name, **layout.overrides)
-    abstract = _abstract_variables(model, layout.preprocessing.image_size)
-    shapes = dict(_leaf_shapes(abstract))
-    entries = list(layout.entries(model, abstract))
+    model, plan = _plan(name, source)
+    entries = [entry for entry, _ in plan]
     where = f"{origin}: {name} ({source} layout)"
 
     expected = {e.key for e in entries}
@@ -390,22 +408,16 @@ def from_arrays(arrays: Mapping[str, np.ndarray], name: str, source: str | None 
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
         raise CheckpointMismatch(f"{where}: unexpected key {extra[0]!r}{more}")
 
-    variables, assigned = {}, set()
-    for entry in entries:
-        ours = shapes[entry.path]
+    variables = {}
+    for entry, ours in plan:
         theirs = tuple(entry.source_shape(ours))
         array = np.asarray(arrays[entry.key])
         if tuple(array.shape) != theirs:
             raise CheckpointMismatch(f"{where}: key {entry.key!r} has shape {tuple(array.shape)}, expected {theirs}")
         if not np.issubdtype(array.dtype, np.floating):
             raise CheckpointMismatch(f"{where}: key {entry.key!r} has dtype {array.dtype}, expected floating point")
-        value = entry.to_ours(array.astype(np.float32), ours)
-        _nested_set(variables, entry.path, jnp.asarray(value))
-        assigned.add(entry.path)
-    unassigned = sorted(set(shapes) - assigned)
-    if unassigned:  # the layout table does not cover the model: a bug here, not in the file
-        raise RuntimeError(f"{name} ({source}): no checkpoint entry for {'/'.join(unassigned[0])}")
-    return model, variables, layout.preprocessing
+        _nested_set(variables, entry.path, jnp.asarray(entry.to_ours(array.astype(np.float32), ours)))
+    return model, variables, layouts[source].preprocessing
 
 
 def from_checkpoint(path, name: str, source: str | None = None):
