@@ -251,7 +251,7 @@ def _refuse(op: Op):
     name = op.name
     where = describe(op.eqn)
     if name in _REFUSED_CONTROL:
-        raise UnsupportedOperation(f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}")
+        raise UnsupportedOperation(f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}; {SUPPORTED_TEXT}")
     if op.eqn is not None and _carries_program(op.eqn):
         raise UnsupportedOperation(
             f"cannot convert '{name}'{where}: a sub-program primitive the converter does not unroll "
