@@ -342,7 +342,7 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
         elif _affine_ok(name, dyn):
             outs = affine_rule(op.eqn, values, dyn) if affine_rule else None
             outs, out_dyn = (_bind(op.eqn, values) if outs is None else outs), True
-        elif not strict and name not in _REFUSED_CONTROL:
+        elif not strict:
             outs, out_dyn = _bind(op.eqn, values), True
         else:
             _refuse(op)
