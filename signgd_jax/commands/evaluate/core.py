@@ -22,7 +22,6 @@ from signgd_jax import data, metrics
 from signgd_jax.convert import MODES, as_apply_fn
 from signgd_jax.dynamics import CODECS
 from signgd_jax.simulate import check_timestamps
-
 from signgd_jax.commands.common import one_line, padded_batches
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
