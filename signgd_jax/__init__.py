@@ -4,10 +4,12 @@
     logits = signgd_jax.simulate(snn, images, timestamps=(8, 32, 128))   # [3, batch, classes]
 """
 from signgd_jax import nn
-from signgd_jax.convert import MODES, SNN, convert
-from signgd_jax.dynamics import Schedule, make_schedule, neuron_trajectory
+from signgd_jax.convert import convert
+from signgd_jax.dynamics import MODES, neuron_trajectory
 from signgd_jax.interpret import UnsupportedOperation
+from signgd_jax.schedules import Schedule, make_schedule
 from signgd_jax.simulate import simulate
+from signgd_jax.types import SNN, Site
 
-__all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Schedule", "make_schedule",
+__all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Site", "Schedule", "make_schedule",
            "UnsupportedOperation", "MODES"]

@@ -1,143 +1,78 @@
-"""Sign-gradient-descent (signGD) neuronal dynamics as pure functions over arrays.
+"""Neuronal dynamics: one object per mode, each neuron a pure ``(init, step)`` pair.
 
-A signGD neuron for a nonlinearity ``phi`` keeps two estimates, updated with the step size
-``eta_t`` shared by every neuron of the network (the *schedule*):
+A signGD neuron for a nonlinearity ``phi`` (its kind, :mod:`signgd_jax.kinds`) keeps two
+estimates, updated with the step size ``eta_t`` shared by every neuron of the network:
 
 * input estimate  ``x``:  ``x_0 = A(0)``,   ``x_t = x_{t-1} - eta_t * (2 A(s_t) - A(1) - A(0))``
 * output estimate ``v``:  ``v_0 = 0``,      ``spike_t = H(v_{t-1} - phi(x_t))``,
   ``v_t = v_{t-1} - eta_t * (2 spike_t - 1)``
 
-``A`` is the affine sub-network feeding the neuron, ``s_t`` this step's upstream spikes, and
-``offset = A(1) + A(0)`` is found once by the converter's probe pass. ``H(0)`` is 1 for relu,
-square and exp and 0 for every other kind (the reference implementation's tie rules). Because
-all layers share the schedule, ``x_t`` equals ``A(v_t of upstream)``: spikes carry signs, the
-schedule carries magnitudes. With ``eta_t = eta0 * gamma**(t-1)`` an output estimate moves at most
-``eta0 / (1 - gamma)`` (3.0 with the defaults) from where it starts.
+``A`` is the affine sub-network feeding the neuron and ``s_t`` this step's upstream spikes.
+Because all layers share the schedule, ``x_t`` equals ``A`` applied to the upstream output
+estimates, so the network step (``signgd_jax.simulate``) evaluates the affine layers on the
+estimates and hands each neuron its ``x_t``; a neuron keeps only its output estimate, in the
+units of ``phi``: ``u = o + r v`` (``o`` = ``Site.out_offset``, ``r`` = ``Site.out_scale``).
 
-The paper's baseline ("subgradient" dynamics, equivalent to integrate-and-fire neurons with
-rate coding) uses ``eta_t = 1/(t+1)``, ``x_t = x_{t-1} - eta_t (x_{t-1} - A(s_t))``,
-``spike_t = H(x_t - v_{t-1})`` (no spike on a tie) and ``v_t = v_{t-1} - eta_t (v_{t-1} - spike_t)``.
+The modes (``DYNAMICS``):
+
+* ``paper``: the reference implementation: ``o = 0``; ReLUs rescaled to [0, 1] (``r = m``, the
+  calibrated maximum); the float codec's estimate of the image is ``c_t * image``.
+* ``improved``: ``o`` and ``r`` calibrated for every neuron (mean and largest deviation), so no
+  target is out of reach, and the float codec delivers the image exactly.
+* ``if``: the paper's baseline ("subgradient" dynamics = integrate-and-fire neurons with rate
+  coding), ReLU networks only: ``eta_t = 1/(t+1)``, the image fed as is, ``x_t = x_{t-1} -
+  eta_t (x_{t-1} - A(s_t))``, ``spike_t = H(x_t - v_{t-1})`` (no spike on a tie),
+  ``v_t = v_{t-1} - eta_t (v_{t-1} - spike_t)``; max-pooling stays a max of spikes and the decoder
+  averages the logits.
+
+A neuron is made for one converted site, like an optax transformation for its
+hyper-parameters: ``neuron = DYNAMICS[mode].neuron(site)``; ``state = neuron.init(batch)``;
+``state, out, spikes = neuron.step(state, inputs, eta)``. Adding a dynamics means adding one
+:class:`Dynamics` here; nothing outside this module compares mode names.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from signgd_jax.nn import BINARY_KINDS, UNARY_KINDS
+from signgd_jax import kinds
+from signgd_jax.interpret import UnsupportedOperation
+from signgd_jax.codecs import CODECS, ENCODERS, EXACT_ENCODERS, check_codec, encode  # noqa: F401
+from signgd_jax.schedules import Schedule, make_schedule, subgradient_step_sizes  # noqa: F401
+from signgd_jax.types import Site
 
-# ----------------------------------------------------------------------------- schedules
-SCHEDULES = ("exponential", "inverse", "constant")
 
+class Neuron(NamedTuple):
+    """A layer of neurons as a pair of pure functions.
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Step sizes ``eta_t`` for t = 1..T.
-
-    kind: 'exponential' (``eta0 * gamma**(t-1)``, the paper's default), 'inverse'
-    (``eta0 / t``), 'constant' (``eta0``), or 'custom' with ``fn`` any optax schedule
-    (``fn(t-1)`` gives ``eta_t``). ``eta0`` and ``gamma`` are pytree leaves, so a whole
-    simulation can be ``vmap``-ed over them.
+    init(batch) -> state;  step(state, inputs, eta) -> (state, output, spikes), ``inputs``
+    being this step's input estimates ``x_t`` (signGD) or ``A(s_t)`` (baseline), ``output``
+    what flows on to the next layer; estimate(state) -> the output estimate in the units of
+    ``phi`` (for signGD the state itself, for the baseline its firing rate).
     """
 
-    eta0: Any = 0.15
-    gamma: Any = 0.95
-    kind: str = dataclasses.field(default="exponential", metadata=dict(static=True))
-    fn: Callable | None = dataclasses.field(default=None, metadata=dict(static=True))
-
-    def __post_init__(self):
-        if self.kind not in SCHEDULES + ("custom",):
-            raise ValueError(f"unknown schedule {self.kind!r}; supported: {', '.join(SCHEDULES)} or an optax schedule")
-
-    def step_sizes(self, num_steps: int):
-        """``eta_t`` for t = 1..num_steps, float32. Computed in float64 on the host when the
-        parameters are concrete (as the reference does), in float32 on device when traced."""
-        t = np.arange(1, num_steps + 1)
-        if self.kind == "custom":
-            return jnp.asarray(jax.vmap(self.fn)(jnp.arange(num_steps)), jnp.float32)
-        concrete = not any(isinstance(p, jax.core.Tracer) for p in (self.eta0, self.gamma))
-        xp, t = (np, t.astype(np.float64)) if concrete else (jnp, jnp.asarray(t, jnp.float32))
-        eta0 = xp.asarray(self.eta0, dtype=t.dtype)
-        if self.kind == "exponential":
-            etas = eta0 * xp.asarray(self.gamma, dtype=t.dtype) ** (t - 1)
-        elif self.kind == "inverse":
-            etas = eta0 / t
-        else:
-            etas = eta0 * xp.ones_like(t)
-        return jnp.asarray(etas, jnp.float32)
+    init: Callable
+    step: Callable
+    estimate: Callable = lambda state: state
 
 
-def make_schedule(schedule="exponential", eta0=0.15, gamma=0.95) -> Schedule:
-    """A :class:`Schedule` from a name, an existing Schedule, or an optax schedule callable."""
-    if isinstance(schedule, Schedule):
-        return schedule
-    if callable(schedule):
-        return Schedule(eta0=eta0, gamma=gamma, kind="custom", fn=schedule)
-    return Schedule(eta0=eta0, gamma=gamma, kind=schedule)
+def _per_batch(a, batch: int):
+    return jnp.broadcast_to(a, (batch, *jnp.shape(a)[1:]))
 
 
-def subgradient_step_sizes(num_steps: int):
-    """The integrate-and-fire baseline's ``eta_t = 1/(t+1)``."""
-    return jnp.asarray(1.0 / (np.arange(1, num_steps + 1, dtype=np.float64) + 1.0), jnp.float32)
-
-
-# ----------------------------------------------------------------------------- neurons
-def target(kind: str, x, options: dict):
+# ----------------------------------------------------------------------------- equations
+def target(kind: str, x, options: dict | None = None):
     """``phi`` of a unary neuron: the value its output estimate tracks."""
-    if kind == "relu":
-        return jnp.maximum(x, 0)
-    if kind == "leaky_relu":
-        return jnp.where(x >= 0, x, options.get("negative_slope", 0.01) * x)
-    if kind == "gelu":
-        return x * jax.nn.sigmoid(1.702 * x)
-    if kind == "abs":
-        return jnp.abs(x)
-    if kind == "square":
-        return jnp.square(x)
-    if kind == "exp":
-        return jnp.exp(x)
-    raise ValueError(f"no unary neuron for {kind!r}; supported: {', '.join(UNARY_KINDS)}")
+    return kinds.target(kind, x, options)
 
 
-FIRES_ON_TIE = ("relu", "square", "exp")
-
-
-def fire(kind: str, v, xs, options: dict | None = None, out_offset=None, out_scale=None):
-    """``spike_t`` (float 0/1) of a neuron with output estimate ``v`` and input estimates ``xs``.
-
-    In improved mode the output estimate is kept in calibrated units: the represented value
-    is ``out_offset + out_scale * v``, compared here as ``v`` against ``(phi - offset)/scale``.
-    """
-    options = options or {}
-    if kind in UNARY_KINDS:
-        goal = target(kind, xs[0], options)
-        if out_offset is not None:
-            goal = (goal - out_offset) / out_scale
-        above = v >= goal if kind in FIRES_ON_TIE else v > goal
-        return above.astype(v.dtype)
-    x1, x2 = xs
-    value = v if out_offset is None else out_offset + out_scale * v
-    if kind == "maximum":
-        above = value > jnp.maximum(x1, x2)
-    elif kind == "product":
-        above = value > x1 * x2
-    elif kind == "rsqrt_mul":
-        # compare sqrt(x2) * v with x1 (no division); where x2 <= 0 the neuron stays silent
-        above = (x2 > 0) & (jnp.sqrt(jnp.maximum(x2, 0)) * value - x1 > 0)
-    elif kind == "divide":
-        above = x2 * value - x1 > 0
-    else:
-        raise ValueError(f"no neuron for {kind!r}; supported: {', '.join(UNARY_KINDS + BINARY_KINDS)}")
-    return above.astype(v.dtype)
-
-
-def track_input(x, a_now, offset, step_size):
-    """``x_t = x_{t-1} - eta_t (2 A(s_t) - (A(1) + A(0)))``: an input estimate (also the decoder)."""
-    return x - step_size * (2 * a_now - offset)
+def fire(kind: str, value, inputs, options: dict | None = None):
+    """``spike_t = H(v - phi(x))`` (float 0/1) for an output estimate ``value`` in the units of
+    ``phi`` and input estimates ``inputs``, with the kind's tie rule."""
+    return kinds.get(kind).above(value, inputs, options or {}).astype(value.dtype)
 
 
 def step_output(v, spike, step_size):
@@ -145,78 +80,201 @@ def step_output(v, spike, step_size):
     return v - step_size * (2 * spike - 1)
 
 
+def track_input(x, a_now, offset, step_size):
+    """``x_t = x_{t-1} - eta_t (2 A(s_t) - (A(1) + A(0)))``: an input estimate (also the decoder)."""
+    return x - step_size * (2 * a_now - offset)
+
+
 def average(x, value, step_size):
     """The baseline's running average ``x_t = x_{t-1} - eta_t (x_{t-1} - value)``."""
     return x - step_size * (x - value)
 
 
-# ----------------------------------------------------------------------------- codecs
-CODECS = ("float", "spike", "stochastic")
+# ----------------------------------------------------------------------------- neurons
+def signgd_neuron(site: Site) -> Neuron:
+    """A signGD neuron layer; its state is the output estimate ``u = o + r v``."""
+    row, options = kinds.get(site.kind), site.option_dict
+    start = jnp.zeros_like(site.a0[0]) if site.out_offset is None else site.out_offset
+
+    def init(batch):
+        return _per_batch(start, batch).astype(site.a0[0].dtype)
+
+    def step(u, inputs, eta):
+        spike = row.above(u, inputs, options).astype(u.dtype)
+        u = step_output(u, spike, eta if site.out_scale is None else eta * site.out_scale)
+        return u, u, spike
+
+    return Neuron(init, step)
 
 
-def encode(codec: str, f, image, step_size, key=None, exact=False):
-    """One encoder step. State ``f`` (``f_0 = 0``) estimates the image; ``g = f - image``.
+def integrate_and_fire_neuron(site: Site) -> Neuron:
+    """A baseline neuron layer: state ``(x, v)``; a max-pooling site is a stateless max of
+    spikes, whose output (nonzero where a spike wins) counts as its spikes."""
 
-    'float' emits ``(1 + g)/2`` and steps ``f -= eta g``; 'spike' emits ``H(g)`` and steps
-    with its sign; 'stochastic' emits ``Bernoulli(sigmoid(g))``. With ``exact`` (improved
-    mode, float codec) ``g`` is divided by ``eta_t`` so that ``f_t`` equals the image from the
-    first step on, instead of ``c_t * image`` with ``c_t = 1 - prod(1 - eta_k)`` <= 0.956.
-    Returns ``(emitted, new_f)``.
+    def scaled(inputs):
+        return [z * site.in_scale for z in inputs] if site.in_scale is not None else list(inputs)
+
+    if site.kind == "maximum":
+        def max_step(state, inputs, eta):
+            out = jnp.maximum(*scaled(inputs))
+            return state, out, (out != 0).astype(out.dtype)
+
+        return Neuron(lambda batch: (), max_step, lambda state: None)
+
+    def init(batch):
+        x = _per_batch(site.a0[0], batch)
+        return (x, jnp.zeros_like(x))
+
+    def step(state, inputs, eta):
+        x, v = state
+        x = average(x, scaled(inputs)[0], eta)
+        spike = (x > v).astype(x.dtype)
+        v = average(v, spike, eta)
+        return (x, v), spike if site.out_scale is None else spike * site.out_scale, spike
+
+    def estimate(state):
+        return state[1] if site.out_scale is None else state[1] * site.out_scale
+
+    return Neuron(init, step, estimate)
+
+
+# ----------------------------------------------------------------------------- calibration
+def _relu_scaling(kind: str, statistics) -> dict:
+    """Paper-mode units: ``relu(z) = relu(z s) / s`` with ``s = 1/m`` (1 where ``m <= 1e-5``)."""
+    if kind != "relu":
+        return {}
+    scale = (1.0 / jnp.where(statistics.maximum <= 1e-5, 1.0, statistics.maximum)).astype(jnp.float32)
+    return dict(in_scale=scale, out_scale=1.0 / scale)
+
+
+def _calibrated_range(kind: str, statistics) -> dict:
+    """Improved-mode units: ``u = o + r v`` with ``o`` the mean and ``r`` the largest deviation."""
+    spread = jnp.maximum(statistics.maximum - statistics.mean, statistics.mean - statistics.minimum)
+    return dict(out_offset=statistics.mean, out_scale=jnp.where(spread <= 1e-5, 1.0, spread))
+
+
+class Statistics(NamedTuple):
+    """Per-position calibration statistics of one site's ANN output."""
+
+    maximum: Any
+    minimum: Any
+    mean: Any
+
+
+# ----------------------------------------------------------------------------- modes
+def _signgd_input(codec: str, exact: bool):
+    encoder = (EXACT_ENCODERS if exact else ENCODERS)[codec]
+
+    def network_input(f, images, eta, key):
+        _, estimate = encoder(f, images, eta, key)
+        return estimate, estimate
+
+    return network_input
+
+
+def _image_as_is(state, images, eta, key):
+    return images, state
+
+
+def _logits_as_is(state, logits, eta):
+    return state, logits
+
+
+def _averaged_logits(state, logits, eta):
+    averaged = average(state, logits, eta)
+    return averaged, averaged
+
+
+@dataclasses.dataclass(frozen=True)
+class Dynamics:
+    """One mode of simulation (see the module docstring).
+
+    neuron(site) -> Neuron; kinds: the site kinds it converts (None: all);
+    site_units(kind, statistics) -> the Site fields (in_scale, out_scale, out_offset);
+    passes_probe(kind): whether a site forwards its inputs in the probe pass (a stateless
+    operation) instead of emitting ones/zeros; step_sizes(schedule, T);
+    network_input(codec) -> fn(state, images, eta, key) -> (network input, state) (the codec,
+    or the image as is); decode(state, logits, eta) -> (state, logits) (as is, or averaged).
     """
-    g = f - image
-    if codec == "float":
-        if exact:
-            g = g / step_size
-        return (1 + g) / 2, f - step_size * g
-    if codec == "spike":
-        spike = (g > 0).astype(image.dtype)
-    elif codec == "stochastic":
-        spike = jax.random.bernoulli(key, jax.nn.sigmoid(g)).astype(image.dtype)
-    else:
-        raise ValueError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
-    return spike, f - step_size * (2 * spike - 1)
+
+    name: str
+    neuron: Callable[[Site], Neuron]
+    site_units: Callable
+    kinds: tuple | None = None
+    encodes: bool = True
+    exact_codec: bool = False
+    averages_logits: bool = False
+    passes_probe: Callable[[str], bool] = lambda kind: False
+    kinds_text: str = ""
+
+    def step_sizes(self, schedule: Schedule, num_steps: int):
+        return subgradient_step_sizes(num_steps) if self.averages_logits else schedule.step_sizes(num_steps)
+
+    def network_input(self, codec: str):
+        return _signgd_input(codec, self.exact_codec) if self.encodes else _image_as_is
+
+    def decode(self, state, logits, eta):
+        return (_averaged_logits if self.averages_logits else _logits_as_is)(state, logits, eta)
+
+    def initial_decoder(self, decoder_a0, batch: int):
+        return jnp.zeros((batch, *decoder_a0.shape[1:]), decoder_a0.dtype) if self.averages_logits else ()
+
+    def draws_random(self, codec: str) -> bool:
+        return self.encodes and codec == "stochastic"
+
+    def check_kinds(self, site_kinds) -> None:
+        unsupported = sorted({k for k in site_kinds if self.kinds is not None and k not in self.kinds})
+        if unsupported:
+            raise UnsupportedOperation(
+                f"the {self.name!r} dynamics converts {self.kinds_text} only ({', '.join(self.kinds)}); "
+                f"this network has {', '.join(unsupported)}")
+
+
+PAPER = Dynamics("paper", signgd_neuron, _relu_scaling)
+IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True)
+INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
+                              encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",
+                              kinds_text="ReLU networks")
+DYNAMICS = {d.name: d for d in (PAPER, IMPROVED, INTEGRATE_AND_FIRE)}
+MODES = tuple(DYNAMICS)
+
+
+def get(mode: str) -> Dynamics:
+    try:
+        return DYNAMICS[mode]
+    except KeyError:
+        raise ValueError(f"unknown dynamics {mode!r}; supported: {', '.join(MODES)}") from None
 
 
 # ----------------------------------------------------------------------------- one neuron
 def neuron_trajectory(kind: str, x, num_steps: int, *, mode: str = "paper", schedule="exponential",
                       eta0: float = 0.15, gamma: float = 0.95, out_offset=None, out_scale=None, **options):
-    """Output estimates ``v_t``, t = 1..num_steps, of one neuron whose input estimate is held
-    at the constant array ``x`` (shape ``[num_steps, *x.shape]``).
+    """Output estimates ``u_t``, t = 1..num_steps, of one neuron whose input estimate is held
+    at the constant array ``x`` (shape ``[num_steps, *x.shape]``), in the units of ``phi``.
 
-    kind: 'relu', 'leaky_relu' (option ``negative_slope``), 'gelu' (tracks
-    ``x*sigmoid(1.702x)``), 'abs', 'square', 'exp'. mode: 'paper' (signGD, ``v_0 = 0``),
-    'improved' (signGD whose output is represented as ``out_offset + out_scale * v``; the
-    defaults calibrate them from ``x`` itself, so any target is reached), or 'if'
-    (integrate-and-fire rate neuron of the baseline, relu only). ``schedule``: a name, a
-    :class:`Schedule` or an optax schedule. The returned values are in the units of ``phi``.
+    kind: a unary kind of :mod:`signgd_jax.kinds` (options such as ``negative_slope``).
+    mode: 'paper' (``v_0 = 0``), 'improved' (output ``out_offset + out_scale * v``; by default
+    calibrated from ``x`` itself, ``o = phi/2``, ``r = max(|phi|/2, 1e-5)``, so any target is
+    reached) or 'if' (relu only). ``schedule``: a name, a Schedule or an optax schedule.
+    It runs the same neuron ``step`` as :func:`signgd_jax.simulate`.
     """
-    if kind not in UNARY_KINDS:
-        raise ValueError(f"no single-input neuron {kind!r}; supported: {', '.join(UNARY_KINDS)}")
-    x = jnp.asarray(x, jnp.float32)
-    if mode == "if":
-        if kind != "relu":
-            raise ValueError("the integrate-and-fire baseline exists for relu only")
-        etas = subgradient_step_sizes(num_steps)
+    dynamics = get(mode)
+    if kinds.get(kind).arity != 1:
+        raise ValueError(f"no single-input neuron {kind!r}; supported: {', '.join(kinds.UNARY_KINDS)}")
+    dynamics.check_kinds([kind])
+    x = jnp.asarray(x, jnp.float32)[None]
+    site = Site(kind=kind, options=tuple(sorted(options.items())), a0=(x,), offset=(2 * x,))
+    if dynamics is IMPROVED:
+        if out_offset is None:
+            phi = target(kind, x, options)
+            out_offset, out_scale = phi / 2, jnp.maximum(jnp.abs(phi) / 2, 1e-5)
+        site = site.replace(out_offset=jnp.asarray(out_offset, jnp.float32),
+                            out_scale=jnp.asarray(out_scale, jnp.float32))
+    neuron = dynamics.neuron(site)
+    etas = dynamics.step_sizes(make_schedule(schedule, eta0, gamma), num_steps)
 
-        def if_step(v, eta):
-            spike = (x > v).astype(x.dtype)
-            v = average(v, spike, eta)
-            return v, v
+    def one_step(state, eta):
+        state, _, _ = neuron.step(state, (x,), eta)
+        return state, neuron.estimate(state)[0]
 
-        return jax.lax.scan(if_step, jnp.zeros_like(x), etas)[1]
-    if mode not in ("paper", "improved"):
-        raise ValueError(f"unknown mode {mode!r}; supported: paper, improved, if")
-    etas = make_schedule(schedule, eta0, gamma).step_sizes(num_steps)
-    if mode == "improved" and out_offset is None:
-        phi = target(kind, x, options)
-        out_offset, out_scale = phi / 2, jnp.maximum(jnp.abs(phi) / 2, 1e-5)
-    elif mode == "paper":
-        out_offset = out_scale = None
-
-    def step(v, eta):
-        spike = fire(kind, v, (x,), options, out_offset, out_scale)
-        v = step_output(v, spike, eta)
-        shown = v if out_offset is None else out_offset + out_scale * v
-        return v, shown
-
-    return jax.lax.scan(step, jnp.zeros_like(x), etas)[1]
+    return jax.lax.scan(one_step, neuron.init(1), etas)[1]

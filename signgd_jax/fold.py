@@ -8,7 +8,9 @@ needs a bias it did not have.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -43,21 +45,28 @@ def _node(tree, path):
     return tree
 
 
-def folded_apply_fn(apply_fn, folded_paths):
-    """``apply_fn`` with the BatchNorms at ``folded_paths`` applied as ``x + bias``."""
-    folded_paths = frozenset(folded_paths)
+@dataclasses.dataclass(frozen=True)
+class FoldedApply:
+    """``apply_fn`` with the BatchNorms at ``folded_paths`` applied as ``x + bias`` (hashable,
+    equal for equal models, so equal conversions share ``simulate``'s compilation)."""
 
-    def shift_only(next_fun, args, kwargs, context):
+    apply_fn: Callable
+    folded_paths: frozenset
+
+    def _shift_only(self, next_fun, args, kwargs, context):
         module = context.module
-        if isinstance(module, nn.BatchNorm) and context.method_name == "__call__" and module.path in folded_paths:
+        if (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"
+                and module.path in self.folded_paths):
             return args[0] + module.get_variable("params", "bias")
         return next_fun(*args, **kwargs)
 
-    def apply(variables, x):
-        with nn.intercept_methods(shift_only):
-            return apply_fn(variables, x)
+    def __call__(self, variables, x):
+        with nn.intercept_methods(self._shift_only):
+            return self.apply_fn(variables, x)
 
-    return apply
+
+def folded_apply_fn(apply_fn, folded_paths) -> FoldedApply:
+    return FoldedApply(apply_fn, frozenset(folded_paths))
 
 
 def fold_batch_norm(model, variables, sample, apply_fn):

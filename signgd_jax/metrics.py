@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from signgd_jax import interpret
-from signgd_jax.convert import SNN, site_name
+from signgd_jax.types import SNN, site_name
 from signgd_jax.nn import ann_op
 
 ENERGY_PER_AC_PJ = 0.9

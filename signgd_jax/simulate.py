@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from signgd_jax import interpret
-from signgd_jax.convert import SNN, site_name
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
-from signgd_jax.dynamics import average, encode, fire, step_output, subgradient_step_sizes
+from signgd_jax.dynamics import get as get_dynamics
+from signgd_jax.types import SNN, site_name
 
 
 def check_timestamps(timestamps) -> tuple[int, ...]:
@@ -36,69 +36,18 @@ def check_timestamps(timestamps) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def neurons_of(snn: SNN) -> dict:
+    """``{site name: Neuron}`` of the SNN's dynamics (pure ``(init, step)`` pairs)."""
+    dynamics = get_dynamics(snn.mode)
+    return {name: dynamics.neuron(site) for name, site in snn.sites.items()}
+
+
 def initial_state(snn: SNN, images):
-    """Neuron and codec (and, for the baseline, decoder) state at t = 0 for a batch of images."""
+    """Neuron, codec and decoder state at t = 0 for a batch of images."""
     batch = images.shape[0]
-
-    def per_batch(a):
-        return jnp.broadcast_to(a, (batch, *a.shape[1:]))
-
-    neurons = {}
-    for name, kind, _ in snn.site_kinds:
-        params = snn.sites[name]
-        a0 = params["a0"]
-        if snn.mode != "if":  # output estimates in the units of phi: out_offset + out_scale * v_0
-            neurons[name] = dict(v=per_batch(params.get("out_offset", jnp.zeros_like(a0[0]))).astype(a0[0].dtype))
-        elif kind != "maximum":  # the baseline's max-pooling is a stateless max of spikes
-            xs = [per_batch(a) for a in a0]
-            neurons[name] = dict(x=xs, v=jnp.zeros_like(xs[0]))
-    state = dict(codec=jnp.zeros_like(images), neurons=neurons)
-    if snn.mode == "if":
-        state["decoder"] = jnp.zeros((batch, *snn.decoder["a0"].shape[1:]), snn.decoder["a0"].dtype)
-    return state
-
-
-def _signgd_neuron(snn: SNN, state, new_state, spikes, eta):
-    """``on_site`` for a signGD step: ``inputs`` are this step's input estimates ``x_t``.
-
-    The state is the output estimate in the units of ``phi``, ``u = out_offset + out_scale * v``
-    (paper-mode ReLU: ``u = m v``), so that it is also the value passed on: one pass over memory
-    per neuron and step. ``H(v - phi(x s)) = H(u - phi(x))`` (ReLU is positively homogeneous;
-    improved mode compares ``o + r v`` with ``phi`` by definition), and ``v``'s sign step of
-    ``eta_t`` is a step of ``r eta_t`` in ``u``.
-    """
-
-    def on_site(index, kind, options, inputs):
-        name = site_name(index, kind)
-        params = snn.sites[name]
-        u = state[name]["v"]
-        spike = fire(kind, u, inputs, options)
-        step_size = eta * params["out_scale"] if "out_scale" in params else eta
-        u = step_output(u, spike, step_size)
-        new_state[name] = dict(v=u)
-        spikes[name] = spike
-        return u
-
-    return on_site
-
-
-def _if_neuron(snn: SNN, state, new_state, spikes, eta):
-    """``on_site`` for a baseline step: ``inputs`` are ``A(s_t)``, the input of this step's spikes."""
-
-    def on_site(index, kind, options, inputs):
-        name = site_name(index, kind)
-        params = snn.sites[name]
-        inputs = [z * params["in_scale"] for z in inputs] if "in_scale" in params else inputs
-        if kind == "maximum":
-            return jnp.maximum(*inputs)
-        old = state[name]
-        x = average(old["x"][0], inputs[0], eta)
-        spike = (x > old["v"]).astype(x.dtype)
-        new_state[name] = dict(x=[x], v=average(old["v"], spike, eta))
-        spikes[name] = spike
-        return spike * params["out_scale"] if "out_scale" in params else spike
-
-    return on_site
+    neurons = {name: neuron.init(batch) for name, neuron in neurons_of(snn).items()}
+    decoder = get_dynamics(snn.mode).initial_decoder(snn.decoder.a0, batch)
+    return dict(codec=jnp.zeros_like(images), neurons=neurons, decoder=decoder)
 
 
 def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
@@ -109,39 +58,39 @@ def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
     ``v_t`` being the upstream output estimates (the codec's ``f_t`` for the input layer), since
     ``v_t - v_{t-1} = -eta_t (2 s_t - 1)`` and ``A`` is affine; the decoder's ``y_t`` is likewise
     the network output on them. So a neuron keeps only ``v`` and reads ``x_t`` from the layer
-    below: one state array per neuron, read and written once per step, instead of ``x``, ``v``
-    and a separate output; the same spikes and values up to float rounding (which can flip a
-    spike at a near-tie; see DESIGN 1b). The integrate-and-fire baseline keeps its max of spikes, which is not
-    affine, so it tracks its inputs step by step. ``affine_rule`` (``interpret.run``) may evaluate
-    the affine layers in another form, e.g. :func:`signgd_jax.cpu_forms.cpu_conv_rule`.
+    below: one state array per neuron, read and written once per step; the same spikes and
+    values up to float rounding (which can flip a spike at a near-tie). The integrate-and-fire
+    baseline keeps its max of spikes, which is not affine, so it tracks its inputs step by step.
+    ``affine_rule`` (``interpret.run``) may evaluate the affine layers in another form, e.g.
+    :func:`signgd_jax.cpu_forms.cpu_conv_rule`.
     """
-    neurons, spikes = {}, {}
-    if snn.mode == "if":  # the baseline feeds the image as is and averages A(s_t)
-        a_now = interpret.evaluate(snn.apply_fn, snn.variables, images,
-                                   _if_neuron(snn, state["neurons"], neurons, spikes, eta), affine_rule)
-        logits = average(state["decoder"], a_now, eta)
-        return dict(codec=state["codec"], neurons=neurons, decoder=logits), logits, spikes
-    _, estimate = encode(snn.codec, state["codec"], images, eta, key, exact=snn.mode == "improved")
-    logits = interpret.evaluate(snn.apply_fn, snn.variables, estimate,
-                                _signgd_neuron(snn, state["neurons"], neurons, spikes, eta), affine_rule)
-    return dict(codec=estimate, neurons=neurons), logits, spikes
+    dynamics = get_dynamics(snn.mode)
+    neurons = neurons_of(snn)
+    network_input, codec_state = dynamics.network_input(snn.codec)(state["codec"], images, eta, key)
+    new_neurons, spikes = {}, {}
+
+    def on_site(index, kind, options, inputs):
+        name = site_name(index, kind)
+        new_neurons[name], out, spikes[name] = neurons[name].step(state["neurons"][name], inputs, eta)
+        return out
+
+    outputs = interpret.evaluate(snn.apply_fn, snn.variables, network_input, on_site, affine_rule)
+    decoder, logits = dynamics.decode(state["decoder"], outputs, eta)
+    return dict(codec=codec_state, neurons=new_neurons, decoder=decoder), logits, spikes
 
 
 def cast(snn: SNN, dtype) -> SNN:
     """The SNN with its floating-point arrays (weights, corrections) in ``dtype``."""
     def to(a):
         return a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
-    return snn.replace(variables=jax.tree_util.tree_map(to, snn.variables),
-                       sites=jax.tree_util.tree_map(to, snn.sites), decoder=jax.tree_util.tree_map(to, snn.decoder))
+    return jax.tree_util.tree_map(to, snn)
 
 
 def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None,
                    affine_rule=None):
     num_steps = max(timestamps)
-    if snn.mode == "if":
-        etas = subgradient_step_sizes(num_steps)
-    else:
-        etas = snn.schedule.step_sizes(num_steps)
+    dynamics = get_dynamics(snn.mode)
+    etas = dynamics.step_sizes(snn.schedule, num_steps)
     if dtype is not None:  # reduced-precision simulation: state, weights and step sizes alike
         snn, images, etas = cast(snn, dtype), images.astype(dtype), etas.astype(dtype)
     # Row of the output buffer that step t writes: its rank among the requested time-steps,
@@ -149,10 +98,10 @@ def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: 
     rows = np.full(num_steps, len(timestamps), np.int32)
     rows[np.asarray(timestamps) - 1] = np.arange(len(timestamps))
     # Only the stochastic codec draws random numbers; the others carry no keys through the scan.
-    keys = jax.random.split(key, num_steps) if snn.codec == "stochastic" and snn.mode != "if" else None
+    keys = jax.random.split(key, num_steps) if dynamics.draws_random(snn.codec) else None
     state = initial_state(snn, images)
-    num_classes = snn.decoder["a0"].shape[1:]
-    buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), snn.decoder["a0"].dtype)
+    num_classes = snn.decoder.a0.shape[1:]
+    buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), snn.decoder.a0.dtype)
     counts = None
 
     def body(carry, inputs):
@@ -168,7 +117,9 @@ def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: 
         return (state, buffer, counts), None
 
     if with_spike_counts:  # one counter per neuron position, shaped like its output estimate
-        counts = {k: jnp.zeros(n["v"].shape[1:], jnp.float32) for k, n in state["neurons"].items()}
+        shapes = jax.eval_shape(lambda: step(snn, state, images, etas[0], None if keys is None else keys[0],
+                                             affine_rule)[2])
+        counts = {k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}
     (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys))
     return buffer[:-1].astype(jnp.float32), counts
 
@@ -219,6 +170,8 @@ def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 
     """
     timestamps = check_timestamps(timestamps)
     images = jnp.asarray(images, jnp.float32)
+    if not isinstance(images, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(images))):
+        raise ValueError("images contain NaN or Inf values; the simulation would spread them to every output")
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = None if dtype is None else jnp.dtype(dtype)
     logits, counts = _run(snn, images, key, timestamps, return_spike_counts, dtype)

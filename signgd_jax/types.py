@@ -1,0 +1,108 @@
+"""The converted network as data: one typed record per neuron site, and the SNN pytree.
+
+``convert`` produces these, ``simulate``, ``metrics`` and the dynamics consume them. Both are
+pytrees (arrays are leaves, kinds and options static), so an SNN can be saved with orbax,
+passed through ``jit`` and ``vmap``-ed over its schedule.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from signgd_jax.schedules import Schedule
+
+
+class _ByName:
+    """Read access by field name (``site["a0"]``, ``site.get("in_scale", 1.0)``); unset (None)
+    fields count as missing, as in the dict records of earlier versions."""
+
+    def __getitem__(self, name):
+        value = getattr(self, name, None)
+        if value is None or name.startswith("_"):
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name):
+        return getattr(self, name, None) is not None
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Site(_ByName):
+    """One neuron site: a layer of neurons of one kind, arrays shaped like one sample
+    (leading axis 1) and broadcast over the batch.
+
+    a0: ``A(0)`` per input, the start value ``x_0`` of each input estimate.
+    offset: ``A(1) + A(0)`` per input (the probe pass's correction).
+    in_scale: paper-mode ReLU scaling ``s = 1/m`` (the neuron works on ``x s``), else None.
+    out_scale: the output estimate's unit: the represented value is
+      ``out_offset + out_scale * v`` (paper-mode ReLU: ``m``; improved mode: the calibrated
+      range ``r``), None for 1.
+    out_offset: the start value ``o`` of the output estimate (improved mode), None for 0.
+    """
+
+    kind: str = dataclasses.field(metadata=dict(static=True))
+    options: tuple = dataclasses.field(metadata=dict(static=True))
+    a0: tuple
+    offset: tuple
+    in_scale: Any = None
+    out_scale: Any = None
+    out_offset: Any = None
+
+    @property
+    def option_dict(self) -> dict:
+        return dict(self.options)
+
+    def replace(self, **changes) -> "Site":
+        return dataclasses.replace(self, **changes)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Decoder(_ByName):
+    """The output layer's corrections: ``y_0 = A(0)`` and ``A(1) + A(0)`` of the logits."""
+
+    a0: Any
+    offset: Any
+
+
+def site_name(index: int, kind: str) -> str:
+    """The key of a site in :attr:`SNN.sites`: its evaluation index, then its kind."""
+    return f"{index:03d}_{kind}"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SNN:
+    """A converted network: a pytree of arrays plus static structure (savable with orbax).
+
+    variables: the model's variables with BatchNorm folded.
+    sites: ``{site_name: Site}`` in evaluation order.
+    decoder: the logits' :class:`Decoder` corrections.
+    schedule: the step sizes (its ``eta0``/``gamma`` are leaves, so they can be ``vmap``-ed).
+    apply_fn: the network (static; equal for equal models, so conversions share compilations).
+    mode: the dynamics, one of ``signgd_jax.dynamics.MODES``.
+    codec: the input codec (signGD modes).
+    """
+
+    variables: Any
+    sites: dict
+    decoder: Decoder
+    schedule: Schedule
+    apply_fn: Callable = dataclasses.field(metadata=dict(static=True))
+    mode: str = dataclasses.field(default="paper", metadata=dict(static=True))
+    codec: str = dataclasses.field(default="float", metadata=dict(static=True))
+
+    def replace(self, **changes) -> "SNN":
+        return dataclasses.replace(self, **changes)
+
+    def with_schedule(self, eta0=None, gamma=None) -> "SNN":
+        """The same SNN with other schedule parameters (traced values allowed, for vmap)."""
+        s = self.schedule
+        return self.replace(schedule=dataclasses.replace(
+            s, eta0=s.eta0 if eta0 is None else eta0, gamma=s.gamma if gamma is None else gamma))
