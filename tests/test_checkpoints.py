@@ -203,6 +203,9 @@ def test_wrong_model(resnet18_arrays, tmp_path):
     # a forced source that the file is not in
     message = one_line_error(models.CheckpointMismatch, path, "convnext_small", source="timm")
     assert "missing key 'stem.0.weight'" in message
+    # keys of two layouts at once: the source is not guessed
+    with pytest.raises(models.CheckpointMismatch, match="several convnext_small layouts"):
+        checkpoints.recognise({"stem.0.weight": 0, "features.0.0.weight": 0}, "convnext_small")
 
 
 def test_missing_key(resnet18_arrays, tmp_path):
@@ -296,7 +299,7 @@ def test_loaded_resnet18_converts_and_simulates(resnet18_arrays, images):
     ann = logits_of(model, variables, x)
     for mode in ("paper", "improved"):
         snn = sg.convert(model, variables, [x], dynamics=mode)
-        kinds = {kind for _, kind, _ in snn.site_kinds}
+        kinds = {name.split("_", 1)[1] for name in snn.sites}  # site names: "{index:03d}_{kind}"
         assert kinds == {"relu", "maximum"}, kinds
 
         def rescaled(index, kind, options, inputs):

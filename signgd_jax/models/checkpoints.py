@@ -238,7 +238,7 @@ def _vgg_torchvision(model, tree) -> Iterator[Entry]:
 
 class Layout(NamedTuple):
     signature: str  # a key that only this layout has, among the layouts for this model
-    entries: Callable  # (model, abstract variables) -> Iterator[Entry]
+    entries: Callable[..., Iterator[Entry]]  # (model, abstract variables) -> entries in checkpoint order
     overrides: dict  # model options that make the zoo model compute what the publisher's does
     preprocessing: prep.Preprocessing
 
@@ -328,7 +328,9 @@ def recognise(arrays: Mapping[str, np.ndarray], name: str) -> str:
     """The source layout of ``arrays`` among those supported for ``name``."""
     layouts = _layouts_for(name)
     found = [source for source, layout in layouts.items() if layout.signature in arrays]
-    if len(found) != 1:
+    if len(found) > 1:
+        raise CheckpointMismatch(f"keys of several {name} layouts ({', '.join(found)}): pass source= to choose")
+    if not found:
         wanted = ", ".join(f"{s} ({l.signature!r})" for s, l in layouts.items())
         first = next(iter(arrays), None)
         raise CheckpointMismatch(f"not a {name} checkpoint in a supported layout: expected a key of {wanted}; "

@@ -80,6 +80,28 @@ def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
+def resize_and_crop(images, spec: Preprocessing):
+    """The geometric part of ``spec``: float ``[B, H, W, C]`` -> ``[B, image_size, image_size, C]``
+    (resize, then centre crop). Linear in the pixel values, so it commutes with scaling to [0, 1]."""
+    images = jnp.asarray(images, jnp.float32)
+    height, width = images.shape[1:3]
+    new_h, new_w = resized_shape(height, width, spec)
+    if (new_h, new_w) != (height, width):
+        images = jax.image.resize(images, (images.shape[0], new_h, new_w, images.shape[3]),
+                                  _METHODS[spec.interpolation], antialias=True)
+    top, left = crop_offsets(new_h, new_w, spec.image_size)
+    return images[:, top:top + spec.image_size, left:left + spec.image_size, :]
+
+
+def normalize(images, spec: Preprocessing):
+    """``(x - mean) / std`` per channel for ``x`` in [0, 1] (uint8 images are divided by 255 first)."""
+    images = jnp.asarray(images)
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
+    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+
+
 def preprocess(images, spec: Preprocessing):
     """Applies ``spec`` to a batch ``[B, H, W, 3]`` (uint8 in [0, 255] or float in [0, 1]);
     returns float32 ``[B, image_size, image_size, 3]``. Pure; ``jit``-able for fixed shapes."""
@@ -89,12 +111,4 @@ def preprocess(images, spec: Preprocessing):
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
         x = x / 255.0
-    height, width = images.shape[1:3]
-    new_h, new_w = resized_shape(height, width, spec)
-    if (new_h, new_w) != (height, width):
-        x = jax.image.resize(x, (x.shape[0], new_h, new_w, 3), _METHODS[spec.interpolation], antialias=True)
-    top, left = crop_offsets(new_h, new_w, spec.image_size)
-    x = x[:, top:top + spec.image_size, left:left + spec.image_size, :]
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
-    return (x - mean) / std
+    return normalize(resize_and_crop(x, spec), spec)
