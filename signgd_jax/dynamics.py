@@ -94,7 +94,9 @@ def average(x, value, step_size):
 def signgd_neuron(site: Site) -> Neuron:
     """A signGD neuron layer; its state is the output estimate ``u = o + r v``."""
     row, options = kinds.get(site.kind), site.option_dict
-    start = jnp.zeros_like(site.a0[0]) if site.out_offset is None else site.out_offset
+    # the output's shape is the target's (a vector neuron's output need not be input-shaped)
+    shape = jax.eval_shape(lambda *a0: row.target(*a0, **options), *site.a0)
+    start = jnp.zeros(shape.shape, site.a0[0].dtype) if site.out_offset is None else site.out_offset
 
     def init(batch):
         return _per_batch(start, batch).astype(site.a0[0].dtype)
