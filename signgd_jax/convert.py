@@ -137,7 +137,8 @@ def _probe(run, leaves, example, units, dynamics):
             recorded.setdefault(name, {})[level] = [z[:1] for z in inputs]
             if dynamics.passes_probe(kind):
                 return jnp.maximum(*inputs)
-            out = jnp.full_like(inputs[0], float(level))
+            shape = jax.eval_shape(ann_op(kind, options), *inputs)  # vector neurons: not input-shaped
+            out = jnp.full(shape.shape, float(level), shape.dtype)
             if "out_scale" in u:
                 out = out * u["out_scale"]
             if "out_offset" in u:
