@@ -1,7 +1,7 @@
 """signgd-jax: ANN-to-SNN conversion with sign-gradient-descent neuronal dynamics.
 
     snn = signgd_jax.convert(model, variables, calibration_batches, dynamics="paper")
-    logits = signgd_jax.simulate(snn, images, timestamps=(8, 32, 128))   # [3, batch, classes]
+    logits = signgd_jax.simulate(snn, images, timesteps=(8, 32, 128))   # [3, batch, classes]
 """
 from signgd_jax import nn
 from signgd_jax.convert import convert

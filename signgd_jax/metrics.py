@@ -29,7 +29,7 @@ ENERGY_PER_MAC_PJ = 4.6
 
 
 def accuracy_per_step(logits, labels):
-    """``[len(timestamps)]`` accuracies from ``[len(timestamps), batch, classes]`` logits."""
+    """``[len(timesteps)]`` accuracies from ``[len(timesteps), batch, classes]`` logits."""
     return jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)[None], axis=-1)
 
 

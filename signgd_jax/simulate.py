@@ -10,6 +10,7 @@ affine layers applied to the output estimates below (see :func:`step`).
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Sequence
 
@@ -23,16 +24,16 @@ from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.types import SNN, site_name
 
 
-def check_timestamps(timestamps) -> tuple[int, ...]:
+def check_timesteps(timesteps) -> tuple[int, ...]:
     """Validated, sorted, de-duplicated time-steps (positive integers)."""
     try:
-        values = [int(t) for t in timestamps]
-        if any(int(t) != float(t) for t in timestamps):
+        values = [int(t) for t in timesteps]
+        if any(int(t) != float(t) for t in timesteps):
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"timestamps must be positive integers, got {timestamps!r}") from None
+        raise ValueError(f"timesteps must be positive integers, got {timesteps!r}") from None
     if not values or min(values) < 1:
-        raise ValueError(f"timestamps must be positive integers, got {timestamps!r}")
+        raise ValueError(f"timesteps must be positive integers, got {timesteps!r}")
     return tuple(sorted(set(values)))
 
 
@@ -86,22 +87,22 @@ def cast(snn: SNN, dtype) -> SNN:
     return jax.tree_util.tree_map(to, snn)
 
 
-def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: bool, dtype=None,
+def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: bool, dtype=None,
                    affine_rule=None):
-    num_steps = max(timestamps)
+    num_steps = max(timesteps)
     dynamics = get_dynamics(snn.mode)
     etas = dynamics.step_sizes(snn.schedule, num_steps)
     if dtype is not None:  # reduced-precision simulation: state, weights and step sizes alike
         snn, images, etas = cast(snn, dtype), images.astype(dtype), etas.astype(dtype)
     # Row of the output buffer that step t writes: its rank among the requested time-steps,
-    # or a scratch row past the end; only len(timestamps) + 1 rows are ever kept.
-    rows = np.full(num_steps, len(timestamps), np.int32)
-    rows[np.asarray(timestamps) - 1] = np.arange(len(timestamps))
+    # or a scratch row past the end; only len(timesteps) + 1 rows are ever kept.
+    rows = np.full(num_steps, len(timesteps), np.int32)
+    rows[np.asarray(timesteps) - 1] = np.arange(len(timesteps))
     # Only the stochastic codec draws random numbers; the others carry no keys through the scan.
     keys = jax.random.split(key, num_steps) if dynamics.draws_random(snn.codec) else None
     state = initial_state(snn, images)
     num_classes = snn.decoder.a0.shape[1:]
-    buffer = jnp.zeros((len(timestamps) + 1, images.shape[0], *num_classes), snn.decoder.a0.dtype)
+    buffer = jnp.zeros((len(timesteps) + 1, images.shape[0], *num_classes), snn.decoder.a0.dtype)
     counts = None
 
     def body(carry, inputs):
@@ -124,7 +125,7 @@ def _simulate_impl(snn: SNN, images, key, timestamps: tuple, with_spike_counts: 
     return buffer[:-1].astype(jnp.float32), counts
 
 
-_STATIC = ("timestamps", "with_spike_counts", "dtype")
+_STATIC = ("timesteps", "with_spike_counts", "dtype")
 _simulate = jax.jit(_simulate_impl, static_argnames=_STATIC)
 # On CPU: convolutions in the forms XLA:CPU runs fastest (signgd_jax.cpu_forms), and without
 # XLA:CPU's YNNPACK fusions, which run this loop's many small convolutions and matmuls slower
@@ -139,7 +140,7 @@ _simulate_cpu = jax.jit(_simulate_impl_cpu, static_argnames=_STATIC, compiler_op
 
 def compiled_simulation(snn: SNN, images, key=None):
     """The jitted simulation for where these arrays live, called as ``fn(snn, images, key,
-    timestamps, with_spike_counts, dtype)``: on CPU with :mod:`signgd_jax.cpu_forms` and, for
+    timesteps, with_spike_counts, dtype)``: on CPU with :mod:`signgd_jax.cpu_forms` and, for
     concrete arrays, :data:`CPU_COMPILER_OPTIONS`; XLA's defaults on other platforms."""
     if platform_of(images, snn, key) != "cpu":
         return _simulate
@@ -157,22 +158,29 @@ def _run(*args):
         return _simulate_cpu_forms(*args)
 
 
-def simulate(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
-             return_spike_counts: bool = False, dtype=None):
+def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
+             return_spike_counts: bool = False, dtype=None, timestamps=None):
     """Runs the SNN on ``images`` and returns the decoded logits at each requested time-step.
 
-    Returns an array ``[len(timestamps), batch, classes]`` (time-steps sorted ascending);
+    Returns an array ``[len(timesteps), batch, classes]`` (time-steps sorted ascending);
     with ``return_spike_counts`` also ``{site: spikes per position summed over the batch and
     all T steps}``. Any T works (no table limit); memory is independent of T. Works under
     ``vmap`` (e.g. over ``snn.with_schedule(eta0=...)``) and with a batch sharded over devices.
     ``key`` seeds the 'stochastic' codec. ``dtype`` (e.g. ``jnp.bfloat16``) runs the whole
-    simulation in that precision; logits are returned as float32.
+    simulation in that precision; logits are returned as float32. ``timestamps`` is the
+    earlier name of ``timesteps`` (deprecated).
     """
-    timestamps = check_timestamps(timestamps)
+    if timestamps is not None:
+        warnings.warn("simulate(timestamps=...) is deprecated; use timesteps=...", DeprecationWarning, stacklevel=2)
+        timesteps = timestamps
+    timesteps = check_timesteps(timesteps)
     images = jnp.asarray(images, jnp.float32)
     if not isinstance(images, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(images))):
         raise ValueError("images contain NaN or Inf values; the simulation would spread them to every output")
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = None if dtype is None else jnp.dtype(dtype)
-    logits, counts = _run(snn, images, key, timestamps, return_spike_counts, dtype)
+    logits, counts = _run(snn, images, key, timesteps, return_spike_counts, dtype)
     return (logits, counts) if return_spike_counts else logits
+
+
+check_timestamps = check_timesteps  # the earlier name

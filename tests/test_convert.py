@@ -65,7 +65,7 @@ def test_custom_model_example_converts_and_approaches_ann():
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     ann = model.apply(variables, x)
     snn = sg.convert(model, variables, [x], dynamics="improved")
-    out = sg.simulate(snn, x, timestamps=(8, 256))
+    out = sg.simulate(snn, x, timesteps=(8, 256))
     assert out.shape == (2, 16, 10)
     err = [float(jnp.abs(o - ann).mean()) for o in out]
     assert err[1] <= err[0] / 10
@@ -147,7 +147,7 @@ def test_paper_mode_approaches_ann_of_codec_scaled_input():
     snn = sg.convert(model, variables, [x])
     etas = np.asarray(snn.schedule.step_sizes(256), np.float64)
     c = 1 - np.cumprod(1 - etas)
-    out = sg.simulate(snn, x, timestamps=(8, 256))
+    out = sg.simulate(snn, x, timesteps=(8, 256))
     err = [float(jnp.abs(o - model.apply(variables, x * c[t - 1])).mean()) for o, t in zip(out, (8, 256))]
     assert err[1] <= err[0] / 10
 
@@ -157,7 +157,7 @@ def test_if_baseline_on_relu_network():
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x], dynamics="if")
     ann = model.apply(variables, x)
-    out = sg.simulate(snn, x, timestamps=(4, 512))
+    out = sg.simulate(snn, x, timesteps=(4, 512))
     err = [float(jnp.abs(o - ann).mean()) for o in out]
     assert err[1] <= err[0] / 4
     with pytest.raises(sg.UnsupportedOperation, match="ReLU networks only"):
@@ -182,14 +182,14 @@ def test_simulate_is_exact_at_every_requested_step_and_unbounded():
     model, x = ConvBN(), images(4)
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x])
-    some = sg.simulate(snn, x, timestamps=(3, 7))
-    every = sg.simulate(snn, x, timestamps=range(1, 8))
+    some = sg.simulate(snn, x, timesteps=(3, 7))
+    every = sg.simulate(snn, x, timesteps=range(1, 8))
     np.testing.assert_array_equal(some[0], every[2])
     np.testing.assert_array_equal(some[1], every[6])
-    long = sg.simulate(snn, x, timestamps=(2000,))  # the reference stops at 1024 steps
+    long = sg.simulate(snn, x, timesteps=(2000,))  # the reference stops at 1024 steps
     assert np.all(np.isfinite(long))
     with pytest.raises(ValueError, match="positive integers"):
-        sg.simulate(snn, x, timestamps=(0, 4))
+        sg.simulate(snn, x, timesteps=(0, 4))
 
 
 def _literal_signgd(snn, x, num_steps):
@@ -229,7 +229,7 @@ def test_simulation_equals_the_literal_equations(dynamics):
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x], dynamics=dynamics)
     literal = _literal_signgd(snn, x, 24)
-    fast = sg.simulate(snn, x, timestamps=range(1, 25))
+    fast = sg.simulate(snn, x, timesteps=range(1, 25))
     np.testing.assert_allclose(fast, literal, atol=1e-4, rtol=1e-4)
 
 
@@ -256,9 +256,9 @@ def test_simulate_vmaps_over_schedule():
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x])
     eta0s = jnp.array([0.1, 0.15])
-    swept = jax.vmap(lambda e: sg.simulate(snn.with_schedule(eta0=e), x, timestamps=(16,)))(eta0s)
+    swept = jax.vmap(lambda e: sg.simulate(snn.with_schedule(eta0=e), x, timesteps=(16,)))(eta0s)
     assert swept.shape == (2, 1, 4, 10)
-    single = sg.simulate(snn, x, timestamps=(16,))
+    single = sg.simulate(snn, x, timesteps=(16,))
     np.testing.assert_allclose(swept[1], single, atol=2 * 0.15 * 10)  # float rounding may flip a spike
     assert float(jnp.abs(swept[1] - single).mean()) < 1e-2
 
@@ -269,7 +269,7 @@ def test_spike_and_stochastic_codecs_run():
     ann = model.apply(variables, x)
     for codec in ("spike", "stochastic"):
         snn = sg.convert(model, variables, [x], codec=codec)
-        out = sg.simulate(snn, x, timestamps=(4, 256), key=jax.random.PRNGKey(1))
+        out = sg.simulate(snn, x, timesteps=(4, 256), key=jax.random.PRNGKey(1))
         assert np.all(np.isfinite(out))
         assert float(jnp.abs(out[1] - ann).mean()) < float(jnp.abs(out[0] - ann).mean())
 
@@ -278,8 +278,8 @@ def test_bfloat16_simulation_tracks_float32():
     model, x = ConvBN(), images(8)
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x], dynamics="improved")
-    full = sg.simulate(snn, x, timestamps=(64,))
-    half = sg.simulate(snn, x, timestamps=(64,), dtype=jnp.bfloat16)
+    full = sg.simulate(snn, x, timesteps=(64,))
+    half = sg.simulate(snn, x, timesteps=(64,), dtype=jnp.bfloat16)
     assert half.dtype == jnp.float32 and np.all(np.isfinite(half))
     ann = model.apply(variables, x)
     # bfloat16 keeps 8 bits of mantissa: close to the float32 run, not equal

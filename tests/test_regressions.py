@@ -36,7 +36,7 @@ def _affine_path_snn(dynamics, codec="float"):
 def test_every_mode_and_codec_stays_finite_up_to_100000_steps(dynamics, codec, dtype):
     # improved mode's exact float codec divided by an underflowed step size (0/0) from T ~ 1985
     snn, x = _affine_path_snn(dynamics, codec)
-    out = np.asarray(sg.simulate(snn, x, timestamps=(1985, 1990, 4096, 100_000), dtype=dtype))
+    out = np.asarray(sg.simulate(snn, x, timesteps=(1985, 1990, 4096, 100_000), dtype=dtype))
     assert np.all(np.isfinite(out)), np.argwhere(~np.isfinite(out))[:3]
     if dynamics != "if" and codec == "float":  # converged long before: nothing moves once eta is 0
         np.testing.assert_array_equal(out[2], out[3])
@@ -153,3 +153,13 @@ def test_nan_or_inf_input_is_refused_before_simulation():
         sg.simulate(snn, x.at[0, 0].set(jnp.nan), (4,))
     with pytest.raises(ValueError, match="NaN or Inf"):
         sg.convert(AffinePath(), AffinePath().init(jax.random.PRNGKey(1), x), [x.at[1, 2].set(jnp.inf)])
+
+
+def test_timesteps_is_the_one_name_and_the_old_one_warns():
+    snn, x = _affine_path_snn("paper")
+    new = sg.simulate(snn, x, timesteps=(3, 5))
+    with pytest.warns(DeprecationWarning, match="timesteps"):
+        old = sg.simulate(snn, x, timestamps=(3, 5))
+    np.testing.assert_array_equal(new, old)
+    with pytest.raises(ValueError, match="timesteps must be positive integers"):
+        sg.simulate(snn, x, timesteps=(0, 4))

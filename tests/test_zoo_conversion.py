@@ -97,7 +97,7 @@ def test_snn_approaches_ann(name):
     steps = (8, 256)
     improved = sg.convert(model, variables, [x], dynamics="improved")
     target = tracked_ann(improved, x)
-    out = sg.simulate(improved, x, timestamps=steps)
+    out = sg.simulate(improved, x, timesteps=steps)
     err = [float(jnp.abs(o - target).mean()) for o in out]
     assert err[1] <= err[0] / 10, f"{name} improved: {err}"
 
@@ -105,7 +105,7 @@ def test_snn_approaches_ann(name):
     etas = np.asarray(paper.schedule.step_sizes(max(steps)), np.float64)
     codec_scale = 1 - np.cumprod(1 - etas)  # the float codec delivers c_t * image
     reach = np.cumsum(etas)
-    out = sg.simulate(paper, x, timestamps=steps)
+    out = sg.simulate(paper, x, timesteps=steps)
     err = [float(jnp.abs(o - tracked_ann(paper, x * codec_scale[t - 1], reach[t - 1])).mean())
            for o, t in zip(out, steps)]
     assert err[1] <= err[0] / 10, f"{name} paper: {err}"
@@ -118,5 +118,5 @@ def test_imagenet_variant_converts_abstractly(name):
     variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     snn = jax.eval_shape(lambda v, x: sg.convert(model, v, [x]), variables, x)
     assert snn.sites and snn.decoder["a0"].shape == (1, 1000)
-    logits = jax.eval_shape(lambda s, x: sg.simulate(s, x, timestamps=(1, 2)), snn, x)
+    logits = jax.eval_shape(lambda s, x: sg.simulate(s, x, timesteps=(1, 2)), snn, x)
     assert logits.shape == (2, 2, 1000)
