@@ -171,7 +171,7 @@ def test_binary_improved_estimate_within_bound(kind, schedule, num_steps, batch,
     (name,) = snn.sites
     o = np.asarray(site_field(snn, name, "out_offset"), np.float64)
     r = np.asarray(site_field(snn, name, "out_scale"), np.float64)
-    out = np.asarray(sg.simulate(snn, images, timestamps=range(1, num_steps + 1)), np.float64)
+    out = np.asarray(sg.simulate(snn, images, range(1, num_steps + 1)), np.float64)
     x = images.astype(np.float64)
     target = phi(kind, x[:, :width], x[:, width:])
     q = (target - o) / r
@@ -244,7 +244,7 @@ def test_binary_tie_rules_in_simulation(kind, k, sign, j, seed):
                  "b1": np.full(2, b1, np.float32), "b2": np.full(2, b2, np.float32)}
     images = np.zeros((2, 3), np.float32)
     snn = sg.convert(constant_site_net(kind), variables, [images], schedule="constant", eta0=eta)
-    out = np.asarray(sg.simulate(snn, images, timestamps=range(1, k + 3)))[:, 0, 0]
+    out = np.asarray(sg.simulate(snn, images, range(1, k + 3)))[:, 0, 0]
     direction = np.sign(p) if p != 0 else (-1.0 if kind in FIRES_ON_TIE else 1.0)
     expected = [direction * eta * t for t in range(1, k + 1)] + [p - eta if kind in FIRES_ON_TIE else p + eta]
     np.testing.assert_array_equal(out[:k + 1], np.array(expected, np.float32))
@@ -455,7 +455,7 @@ def run_case(case):
     snn = sg.convert(model_of(case["net"], case["kind"]), params, [images], dynamics=case["mode"],
                      codec=case["codec"], eta0=case["eta0"], gamma=case["gamma"])
     assert [name.split("_", 1)[1] for name in snn.sites] == [kind for kind, _ in expected_counts]
-    out, counts = sg.simulate(snn, images, timestamps=range(1, num_steps + 1), return_spike_counts=True)
+    out, counts = sg.simulate(snn, images, range(1, num_steps + 1), return_spike_counts=True)
     out = np.asarray(out, np.float64)
     assert out.shape == expected.shape
     compared = first_tie - 1
