@@ -232,7 +232,8 @@ class Dynamics:
                 f"this network has {', '.join(unsupported)}")
 
 
-PAPER = Dynamics("paper", signgd_neuron, _relu_scaling)
+PAPER = Dynamics("paper", signgd_neuron, _relu_scaling, kinds=kinds.ELEMENTWISE_KINDS, kinds_text="elementwise neurons "
+                 "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')")
 IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True)
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
                               encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",

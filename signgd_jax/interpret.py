@@ -31,6 +31,7 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from signgd_jax import recognize
+from signgd_jax.kinds import get as get_kind
 from signgd_jax.nn import SITE_KINDS, ann_op, site_p
 
 
@@ -43,7 +44,7 @@ _LINEAR = {
     "add", "sub", "neg", "add_any", "reshape", "broadcast_in_dim", "transpose", "squeeze",
     "expand_dims", "reduce_sum", "slice", "rev", "convert_element_type", "copy", "copy_p",
     "concatenate", "reduce_precision", "cumsum", "reduce_window_sum", "sharding_constraint",
-    "mesh_cast", "reshard", "pvary", "optimization_barrier",
+    "mesh_cast", "reshard", "pvary", "optimization_barrier", "stop_gradient",
 }
 # Affine only when the listed operand positions are static.
 _STATIC_OPERANDS = {
@@ -334,6 +335,10 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
             index = counter[0]
             counter[0] += 1
             kind, options = op.eqn.params["kind"], dict(op.eqn.params["options"])
+            check = get_kind(kind).check
+            problem = check(options, [np.shape(v) for v in values]) if check is not None and strict else None
+            if problem:
+                raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}")
             outs, out_dyn = [on_site(index, kind, options, list(values))], True
         elif (rule := recognize.elementary(op, values, dyn, recognize_ops)) is not None:
             avals = [v.aval for v in op.eqn.outvars]

@@ -9,9 +9,39 @@ A row says everything the converter and the dynamics need to know about one kind
 * ``above``: the spike decision ``H(v - phi(x))``, i.e. whether the estimate ``v`` lies above the
   target. It is written without dividing (``x1/sqrt(x2)`` compares ``sqrt(x2) v`` with ``x1``),
   and it holds the *tie rule*: relu, square and exp fire when ``v == phi`` (``H(0) = 1``), every
-  other kind only when ``v > phi`` (the reference implementation's rules, DESIGN 1b);
+  other kind only when ``v > phi`` (the reference implementation's rules);
 * ``output_range``: the closed hull of ``phi``'s values, ``(low, high)``; a paper-mode estimate
   starts at 0 and moves at most ``eta0 / (1 - gamma)``, so targets outside ``[-3, 3]`` saturate.
+
+Vector neurons (``elementwise=False``): the target of one output element depends on several
+input elements, so the output need not be shaped like the inputs. One neuron per *output*
+element; each keeps one output estimate and fires ``H(u_i - phi_i(x))`` with the same step
+sizes as every other neuron, so their state is the size of the ANN's activation.
+
+* ``softmax`` (option ``axis``, a tuple of negative axes): ``phi(x) = exp(x) / sum_axis exp(x)``,
+  evaluated as ``jax.nn.softmax`` (max subtracted, so no overflow). Strict tie rule. Range
+  ``[0, 1]``; each element sums to 1 with its row, and improved mode calibrates ``o``/``r`` per
+  position from the ANN's softmax outputs like any other site.
+* ``bilinear`` (option ``subscripts``, an explicit two-operand einsum such as
+  ``"bqhd,bkhd->bhqk"``): ``phi(x1, x2) = einsum(subscripts, x1, x2)``, the contraction of two
+  activations (attention scores ``q k^T``, attention-weighted values ``a v``). Its two inputs keep
+  their own shapes (``own_shapes``: never broadcast to one shape); the first subscript letter
+  is the batch axis, shared by both operands and the output (checked by the interpreter: a
+  contraction mixing the samples of a batch is refused). Strict tie rule; range unbounded,
+  calibrated per output position in improved mode. The reference implementation instead makes
+  one product neuron per (row, column, contracted index) and sums them: that state is
+  ``rows x columns x contracted`` per head, which this neuron avoids.
+* ``layer_norm`` (options ``axis`` (negative axes), ``epsilon``):
+  ``phi(x) = (x - mean(x)) / sqrt(var(x) + eps)`` over ``axis``, LayerNorm's normalised vector
+  (scale and shift are affine and stay outside). One state per element, where the elementwise
+  decomposition has two (a square neuron and an ``x1/sqrt(x2)`` neuron). Strict tie rule;
+  ``|phi_i| <= sqrt(n - 1)`` for ``n`` normalised elements (the table says unbounded because
+  ``n`` is a property of the site), calibrated per position in improved mode.
+
+Paper mode (output estimates start at 0, reach at most ``eta0 / (1 - gamma)``) does not convert
+vector neurons (``ELEMENTWISE_KINDS`` lists what it does): a network written with them is
+refused there by the kinds' names; write the reference's decomposition with elementwise sites
+(``signgd_jax.nn.product`` and sums, ``exp`` and ``divide``) to run it in paper mode.
 
 Adding a kind means adding one row here (and a ``signgd_jax.nn`` function that binds it).
 """
@@ -19,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import string
 from functools import partial
 from typing import Callable
 
@@ -37,6 +68,10 @@ class Kind:
     fires_on_tie: bool
     output_range: tuple[float, float]
     compare: Callable | None = None  # binary kinds whose spike test is not ``v > target``
+    elementwise: bool = True  # False: a vector neuron (an output element reads several inputs)
+    own_shapes: bool = False  # inputs keep their own shapes (else broadcast to one shape)
+    batched_options: Callable | None = None  # options -> options for inputs with a new leading axis
+    check: Callable | None = None  # (options, input shapes) -> error text or None
 
     def above(self, value, inputs, options: dict):
         """``H(v - phi(x))`` as a boolean array, ``value`` in the units of ``phi``."""
@@ -81,6 +116,37 @@ def _divide_above(value, x1, x2):
     return x2 * value - x1 > 0
 
 
+def _softmax(x, axis=(-1,)):
+    return jax.nn.softmax(x, axis=axis)
+
+
+def _normalized(x, axis=(-1,), epsilon=1e-6):
+    centred = x - jnp.mean(x, axis=axis, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=axis, keepdims=True) + epsilon)
+
+
+def _bilinear(x1, x2, subscripts=""):
+    return jnp.einsum(subscripts, x1, x2)
+
+
+def _bilinear_batched(options: dict) -> dict:
+    """Subscripts for operands and output with one more leading axis (a fresh letter)."""
+    subscripts = options["subscripts"]
+    fresh = next(c for c in string.ascii_letters if c not in subscripts)
+    operands, output = subscripts.split("->")
+    left, right = operands.split(",")
+    return {**options, "subscripts": f"{fresh}{left},{fresh}{right}->{fresh}{output}"}
+
+
+def _bilinear_check(options: dict, shapes) -> str | None:
+    operands, output = options["subscripts"].split("->")
+    left, right = operands.split(",")
+    if not (left and right and output) or not (left[0] == right[0] == output[0]):
+        return (f"the bilinear site {options['subscripts']!r} does not keep the batch axis first in both "
+                "operands and the output: it would mix the samples of a batch")
+    return None
+
+
 _INF = math.inf
 _GELU_MIN = -0.1700  # min of x*sigmoid(1.702x), rounded outwards
 _SILU_MIN = -0.2785  # min of x*sigmoid(x), rounded outwards
@@ -99,11 +165,17 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("product", 2, jnp.multiply, jnp.multiply, False, (-_INF, _INF)),
     Kind("rsqrt_mul", 2, _rsqrt_mul, _rsqrt_mul, False, (-_INF, _INF), _rsqrt_mul_above),
     Kind("divide", 2, jnp.divide, jnp.divide, False, (-_INF, _INF), _divide_above),
+    Kind("softmax", 1, _softmax, _softmax, False, (0.0, 1.0), elementwise=False),
+    Kind("layer_norm", 1, _normalized, _normalized, False, (-_INF, _INF), elementwise=False),
+    Kind("bilinear", 2, _bilinear, _bilinear, False, (-_INF, _INF), elementwise=False, own_shapes=True,
+         batched_options=_bilinear_batched, check=_bilinear_check),
 )}
 
 UNARY_KINDS = tuple(name for name, k in KINDS.items() if k.arity == 1)
 BINARY_KINDS = tuple(name for name, k in KINDS.items() if k.arity == 2)
 SITE_KINDS = UNARY_KINDS + BINARY_KINDS
+ELEMENTWISE_KINDS = tuple(name for name, k in KINDS.items() if k.elementwise)
+VECTOR_KINDS = tuple(name for name, k in KINDS.items() if not k.elementwise)
 
 
 def get(kind: str) -> Kind:
@@ -120,7 +192,7 @@ def ann_op(kind: str, options=()):
 
 
 def target(kind: str, x, options: dict | None = None):
-    """``phi`` of a unary neuron: the value its output estimate tracks."""
+    """``phi`` of a single-input neuron: the value its output estimate tracks."""
     row = get(kind)
     if row.arity != 1:
         raise ValueError(f"no unary neuron {kind!r}; supported: {', '.join(UNARY_KINDS)}")

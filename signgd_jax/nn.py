@@ -28,6 +28,20 @@ rsqrt_mul      2       ``x1 / sqrt(x2)``                          same (fires on
 divide         2       ``x1 / x2``                                same (compares x2*v, x1)
 =============  ======  =========================================  =========================
 
+Vector sites (one neuron per *output* element, whose target reads several input elements;
+:mod:`signgd_jax.kinds` documents targets, tie rules and ranges; improved mode only):
+
+=============  ======  =========================================  =========================
+kind           inputs  ANN operation and target ``phi``           function
+=============  ======  =========================================  =========================
+softmax        1       ``jax.nn.softmax(x, axis)``                :func:`softmax`
+layer_norm     1       ``(x - mean) / sqrt(var + eps)`` on axis   :func:`normalize`
+bilinear       2       ``einsum(subscripts, x1, x2)``             :func:`einsum`, :func:`matmul`
+=============  ======  =========================================  =========================
+
+A bilinear site's inputs keep their own shapes; every other binary site broadcasts its inputs
+to one shape.
+
 Composite operators are plain JAX code over elementary sites, exactly the paper's
 decompositions: :func:`max_pool` (binary max neurons, first along the height, then along the
 width) and :func:`layer_norm` (linear centring, a square neuron, a linear mean plus eps, an
@@ -46,7 +60,15 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from signgd_jax.kinds import BINARY_KINDS, KINDS, SITE_KINDS, UNARY_KINDS, ann_op  # noqa: F401 (re-exported)
+from signgd_jax.kinds import (  # noqa: F401 (re-exported)
+    BINARY_KINDS,
+    ELEMENTWISE_KINDS,
+    KINDS,
+    SITE_KINDS,
+    UNARY_KINDS,
+    VECTOR_KINDS,
+    ann_op,
+)
 
 
 site_p = Primitive("signgd_site")
@@ -57,7 +79,10 @@ def _site_impl(*args, kind, options):
 
 
 def _site_abstract(*avals, kind, options):
-    return jax.core.ShapedArray(avals[0].shape, avals[0].dtype)
+    if KINDS[kind].elementwise:
+        return jax.core.ShapedArray(avals[0].shape, avals[0].dtype)
+    shape = jax.eval_shape(ann_op(kind, options), *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals])
+    return jax.core.ShapedArray(shape.shape, avals[0].dtype)
 
 
 def _site_jvp(primals, tangents, *, kind, options):
@@ -69,6 +94,9 @@ def _site_jvp(primals, tangents, *, kind, options):
 def _site_batch(args, dims, *, kind, options):
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     moved = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    batched = KINDS[kind].batched_options
+    if batched is not None:  # e.g. einsum subscripts gain a letter for the new leading axis
+        options = tuple(sorted(batched(dict(options)).items()))
     return site_p.bind(*moved, kind=kind, options=options), 0
 
 
@@ -80,7 +108,8 @@ batching.primitive_batchers[site_p] = _site_batch
 
 
 def site(kind: str, *inputs, **options):
-    """Binds one elementary site; inputs of binary sites are broadcast to one shape."""
+    """Binds one site; inputs of binary sites are broadcast to one shape, except for kinds whose
+    inputs keep their own shapes (``Kind.own_shapes``: bilinear)."""
     if kind not in SITE_KINDS:
         raise ValueError(f"unknown site kind {kind!r}; supported: {', '.join(SITE_KINDS)}")
     expected = KINDS[kind].arity
@@ -90,8 +119,11 @@ def site(kind: str, *inputs, **options):
     dtype = jnp.result_type(*inputs)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
-    shape = jnp.broadcast_shapes(*[x.shape for x in inputs])
-    inputs = [jnp.broadcast_to(x.astype(dtype), shape) for x in inputs]
+    if KINDS[kind].own_shapes:
+        inputs = [x.astype(dtype) for x in inputs]
+    else:
+        shape = jnp.broadcast_shapes(*[x.shape for x in inputs])
+        inputs = [jnp.broadcast_to(x.astype(dtype), shape) for x in inputs]
     return site_p.bind(*inputs, kind=kind, options=tuple(sorted(options.items())))
 
 
@@ -158,6 +190,71 @@ def divide(x1, x2):
     return site("divide", x1, x2)
 
 
+def _negative_axes(axis, ndim: int) -> tuple[int, ...]:
+    """``axis`` (an int or a sequence) as sorted negative axes: unchanged by a new leading axis."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not axes or any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(f"axis {axis!r} is out of range for an array of {ndim} dimension(s)")
+    return tuple(sorted({a % ndim - ndim for a in axes}))
+
+
+def softmax(x, axis=-1):
+    """``jax.nn.softmax(x, axis)`` as one vector neuron per output element."""
+    x = jnp.asarray(x)
+    return site("softmax", x, axis=_negative_axes(axis, x.ndim))
+
+
+def normalize(x, axis=-1, epsilon: float = 1e-6):
+    """LayerNorm's normalised vector ``(x - mean) / sqrt(var + eps)`` over ``axis`` as one vector
+    neuron per element (instead of the square and ``x1/sqrt(x2)`` neurons of :func:`layer_norm`)."""
+    x = jnp.asarray(x)
+    return site("layer_norm", x, axis=_negative_axes(axis, x.ndim), epsilon=float(epsilon))
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def explicit_subscripts(subscripts: str, shape1, shape2) -> str:
+    """Two-operand einsum ``subscripts`` with ``...`` spelled out and an explicit output."""
+    subscripts = subscripts.replace(" ", "")
+    operands, arrow, output = subscripts.partition("->")
+    parts = operands.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"a bilinear site contracts exactly two operands, got subscripts {subscripts!r}")
+    named = set(subscripts.replace("...", "").replace(",", "").replace("->", ""))
+    if not named <= set(_LETTERS):
+        raise ValueError(f"einsum subscripts must be letters, got {subscripts!r}")
+    spare = [c for c in _LETTERS if c not in named]
+    ranks = [len(shape1) - len(parts[0].replace("...", "")), len(shape2) - len(parts[1].replace("...", ""))]
+    width = max([r for r, p in zip(ranks, parts) if "..." in p], default=0)
+    dots = "".join(spare[:width])
+    parts = [p.replace("...", dots[width - r:] if r else "") for p, r in zip(parts, ranks)]
+    if not arrow:  # implicit output: the broadcast axes, then letters used once, in order
+        once = sorted(c for c in set(parts[0] + parts[1]) if (parts[0] + parts[1]).count(c) == 1 and c not in dots)
+        output = dots + "".join(once)
+    output = output.replace("...", dots)
+    for p, shape in zip(parts, (shape1, shape2)):
+        if len(p) != len(shape):
+            raise ValueError(f"einsum subscripts {subscripts!r} do not fit operand shapes {tuple(shape1)}, {tuple(shape2)}")
+    return f"{parts[0]},{parts[1]}->{output}"
+
+
+def einsum(subscripts: str, x1, x2):
+    """``jnp.einsum(subscripts, x1, x2)`` of two activations as one bilinear vector neuron per
+    output element (attention scores, attention-weighted values). The operands keep their own
+    shapes; the batch axis must come first in both and in the output."""
+    x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
+    return site("bilinear", x1, x2, subscripts=explicit_subscripts(subscripts, x1.shape, x2.shape))
+
+
+def matmul(x1, x2):
+    """``x1 @ x2`` of two activations (batched over the leading axes, which must agree)."""
+    x1, x2 = jnp.asarray(x1), jnp.asarray(x2)
+    if x1.ndim < 2 or x2.ndim < 2 or x1.ndim != x2.ndim:
+        raise ValueError(f"matmul of activations needs operands of one rank >= 2, got {x1.shape} and {x2.shape}")
+    return einsum("...ij,...jk->...ik", x1, x2)
+
+
 def _pool_axis(x, axis: int, window: int, stride: int, pad: tuple[int, int]):
     """Max over windows along one axis as a chain of binary max neurons."""
     if pad != (0, 0):
@@ -210,13 +307,20 @@ def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | N
     return x
 
 
-def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale: float = 1.0):
+def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale: float = 1.0,
+               vector_neuron: bool = False):
     """LayerNorm over the last axis, decomposed: ``c = x - mean(x)`` (linear), ``c**2`` (square
     neuron), ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron), scale/shift.
 
     ``normalized_scale`` (a constant k) lets the x1/sqrt(x2) neuron produce ``k * c/sqrt(.)``
     and divides it out again in the affine map after it: the same function, smaller targets.
+    ``vector_neuron=True``: the normalised vector is one ``layer_norm`` vector neuron per element
+    (:func:`normalize`; improved mode only), then scale/shift.
     """
+    if vector_neuron:
+        y = normalize(x, -1, epsilon)
+        y = y if scale is None else y * scale
+        return y if bias is None else y + bias
     centred = x - jnp.mean(x, axis=-1, keepdims=True)
     variance = jnp.mean(square(centred), axis=-1, keepdims=True) + epsilon
     if normalized_scale != 1.0:
@@ -279,6 +383,7 @@ class LayerNorm(nn.Module):
     use_bias: bool = True
     input_scale: float = 1.0
     normalized_scale: float = 1.0
+    vector_neuron: bool = False  # one layer_norm vector neuron per element (improved mode)
 
     @nn.compact
     def __call__(self, x):
@@ -287,7 +392,8 @@ class LayerNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,)) if self.use_bias else None
         if self.input_scale != 1.0:
             x = x * self.input_scale
-        return layer_norm(x, scale, bias, self.epsilon * self.input_scale ** 2, self.normalized_scale)
+        return layer_norm(x, scale, bias, self.epsilon * self.input_scale ** 2, self.normalized_scale,
+                          self.vector_neuron)
 
 
 # ----------------------------------------------------------------------------- any layout

@@ -22,7 +22,11 @@ operations whose operand depends on the network input (*dynamic*):
   ``reduce_window_max`` (``nn.max_pool``, ``lax.reduce_window`` with ``lax.max``; any window,
   stride and padding, no dilation) -> the binary max neurons of ``signgd_jax.nn.max_pool``
   (one axis after the other, in axis order: for NHWC the height, then the width);
-  ``reduce_max`` (``jnp.max`` over axes) -> the same chains over whole axes.
+  ``reduce_max`` (``jnp.max`` over axes) -> the same chains over whole axes;
+  ``dot_general`` of two activations (``jnp.einsum``, ``@``, ``jnp.matmul``, the two contractions
+  of ``jax.nn.dot_product_attention`` and ``flax.linen.MultiHeadDotProductAttention``) -> one
+  bilinear vector neuron with the equivalent einsum subscripts (batch axes, then the first
+  operand's free axes, then the second's: ``dot_general``'s own output order).
 * **Elementwise templates** (:data:`TEMPLATES`): the installed JAX's own functions are traced on
   a small vector (per dtype, cached), flattened like the model, and matched against the
   model's program as a graph (the same primitives and parameters, constants equal to rounding,
@@ -41,6 +45,12 @@ operations whose operand depends on the network input (*dynamic*):
   centred values (``x`` for RMSNorm), the mean plus ``eps`` (linear), an ``x1/sqrt(x2)``
   neuron, then the constants. The fast-variance form is thus converted through the centred
   variance, which equals it in exact arithmetic.
+
+* **Softmax** (:func:`_match_softmax`), anchored at the division of ``jax.nn.softmax``:
+  ``e / broadcast(sum_axes(e))`` with ``e = exp(z)`` becomes one softmax vector neuron on ``z``
+  along ``axes``; when ``z = x - broadcast(stop_gradient(max(-inf, max_axes(x))))`` (the
+  overflow guard of ``jax.nn.softmax``) the guard is absorbed and the neuron reads ``x``
+  (the same value: softmax does not change when a constant along its axes is subtracted).
 
 Everything else nonlinear on activations is refused by the interpreter with the primitive's
 name and a hint (:data:`HINTS`).
@@ -63,7 +73,8 @@ SUPPORTED_TEXT = (
     "relu (jax.nn.relu, max(x, 0)), max/min with a constant or of two activations, jax.nn.gelu (tanh, exact), "
     "jax.nn.leaky_relu, jax.nn.sigmoid, jnp.tanh, jax.nn.silu, jnp.abs, x*x, x**2, jnp.exp, products and "
     "quotients of activations, rsqrt, LayerNorm/RMSNorm (flax.linen, flax.nnx), max pooling (nn.max_pool, "
-    "reduce_window max, jnp.max)"
+    "reduce_window max, jnp.max), jax.nn.softmax, einsum / @ / dot_general of two activations "
+    "(attention: jax.nn.dot_product_attention, flax.linen.MultiHeadDotProductAttention)"
 )
 HINTS = {
     "erf": "only as part of jax.nn.gelu(approximate=False)", "erfc": "only as part of jax.nn.gelu(approximate=False)",
@@ -315,6 +326,85 @@ def _match_normalisation(g: _Graph, position: int):
     return anchor, skip, Substitute((c, variance_of, *factors), normalise, label)
 
 
+# ----------------------------------------------------------------------------- softmax
+def _kept_dims(ndim: int, axes) -> tuple:
+    return tuple(i for i in range(ndim) if i not in axes)
+
+
+def _reduced_along(g: _Graph, r, axes, ndim: int, reducer: str, path: list, guards=()):
+    """The operand ``x`` when ``r`` is ``reduce(x, axes)`` broadcast back to ``x``'s shape (through
+    ``keepdims`` reshapes and ``broadcast_in_dim``; ``guards``: pass-through operations such as
+    ``stop_gradient`` or ``max(-inf, .)``); positions appended to ``path``. None otherwise."""
+    local = []
+    while True:
+        found = g.op(r, "broadcast_in_dim", "reshape", "expand_dims", "convert_element_type", *guards)
+        if found is None:
+            break
+        i, op = found
+        name = op.name
+        if name == "broadcast_in_dim":
+            operand = tuple(op.eqn.invars[0].aval.shape)
+            dims = tuple(op.eqn.params["broadcast_dimensions"])
+            if not (len(operand) == ndim - len(axes) and dims == _kept_dims(ndim, axes)
+                    or len(operand) == ndim and dims == tuple(range(ndim)) and all(operand[a] == 1 for a in axes)):
+                return None
+            r = op.ins[0]
+        elif name in ("reshape", "expand_dims"):
+            out = tuple(op.eqn.outvars[0].aval.shape)
+            if len(out) != ndim or any(out[a] != 1 for a in axes):
+                return None
+            r = op.ins[0]
+        elif name == "max":
+            guard = [k for k, v in enumerate(op.ins) if _scalar_literal(v) == -np.inf]
+            if len(guard) != 1:
+                return None
+            r = op.ins[1 - guard[0]]
+        else:  # convert_element_type, stop_gradient
+            r = op.ins[0]
+        local.append(i)
+    found = g.op(r, reducer)
+    if found is None or tuple(sorted(found[1].eqn.params["axes"])) != tuple(sorted(axes)):
+        return None
+    path += local + [found[0]]
+    return found[1].ins[0]
+
+
+def _match_softmax(g: _Graph, position: int):
+    """Matches ``exp(z) / sum(exp(z))`` at the ``div`` at ``position``: ``(skip, Substitute)``."""
+    div = g.ops[position]
+    numerator, denominator = div.ins
+    e = g.op(numerator, "exp")
+    if e is None or not g.dynamic(numerator):
+        return None
+    ndim = len(div.eqn.outvars[0].aval.shape)
+    summed = g.op(_strip(g, denominator, []), "reduce_sum")
+    if summed is None or ndim == 0:
+        return None
+    axes = tuple(sorted(summed[1].eqn.params["axes"]))
+    path = []
+    if _reduced_along(g, denominator, axes, ndim, "reduce_sum", path) != numerator:
+        return None
+    path.append(e[0])
+    z = e[1].ins[0]
+    shifted = g.op(z, "sub")
+    if shifted is not None:
+        guard_path = [shifted[0]]
+        x, shift = shifted[1].ins
+        if _reduced_along(g, shift, axes, ndim, "reduce_max", guard_path, ("stop_gradient", "max")) == x:
+            if _used_inside(g, set(path) | set(guard_path) | {position}, position):
+                path += guard_path
+                z = x
+    skip = set(path)
+    if not _used_inside(g, skip | {position}, position):
+        return None
+    negative = tuple(a - ndim for a in axes)
+    return skip, Substitute((z,), functools.partial(_softmax_site, negative), "jax.nn.softmax")
+
+
+def _softmax_site(axes, x):
+    return sgnn.softmax(x, axis=axes)
+
+
 # ----------------------------------------------------------------------------- templates
 _SLOPE = 0.3721  # stands for any constant slope in the leaky_relu template
 
@@ -424,6 +514,14 @@ def plan(program, flags) -> Plan:
                 result.skip |= skip
                 result.substitutes[anchor] = substitute
                 taken |= skip | {anchor}
+    for position, op in enumerate(program.ops):
+        if op.eqn is not None and op.name == "div" and position not in taken and g.dynamic(op.ins[0]):
+            found = _match_softmax(g, position)
+            if found is not None and not (found[0] | {position}) & taken:
+                skip, substitute = found
+                result.skip |= skip
+                result.substitutes[position] = substitute
+                taken |= skip | {position}
     template_names = {t_graph.ops[-1].name for t_graph in _template_graphs(jnp.float32)}
     for position in range(len(program.ops) - 1, -1, -1):
         op = program.ops[position]
@@ -528,4 +626,31 @@ def elementary(op, values, dyn, recognize_all: bool = True):
                                  window_strides=tuple(p["window_strides"]), padding=tuple(map(tuple, p["padding"])))
     if name == "reduce_max":
         return functools.partial(sgnn.reduce_max, axes=tuple(op.eqn.params["axes"]))
+    if name == "dot_general" and all(dyn):
+        shapes = [tuple(v.aval.shape) for v in op.eqn.invars]
+        subscripts = dot_general_subscripts(op.eqn.params["dimension_numbers"], *map(len, shapes))
+        return functools.partial(_bilinear_site, subscripts)
     return None
+
+
+def _bilinear_site(subscripts, x1, x2):
+    return sgnn.einsum(subscripts, x1, x2)
+
+
+def dot_general_subscripts(dimension_numbers, ndim1: int, ndim2: int) -> str:
+    """Einsum subscripts of ``lax.dot_general`` with these dimension numbers: output axes are
+    the batch axes, then the first operand's free axes, then the second's."""
+    (contract1, contract2), (batch1, batch2) = dimension_numbers
+    letters = iter(sgnn._LETTERS)
+    left, right, output = [None] * ndim1, [None] * ndim2, []
+    for a, b in zip(batch1, batch2):
+        left[a] = right[b] = next(letters)
+        output.append(left[a])
+    for a, b in zip(contract1, contract2):
+        left[a] = right[b] = next(letters)
+    for axes in (left, right):
+        for i, c in enumerate(axes):
+            if c is None:
+                axes[i] = next(letters)
+                output.append(axes[i])
+    return f"{''.join(left)},{''.join(right)}->{''.join(output)}"
