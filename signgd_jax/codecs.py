@@ -4,7 +4,7 @@ Encoder state ``f`` (``f_0 = 0``) is the network's running estimate of the image
 ``g_t = f_{t-1} - image``:
 
 * 'float' (default) emits ``(1 + g_t)/2`` and steps ``f_t = f_{t-1} - eta_t g_t``; its estimate
-  is ``c_t * image`` with ``c_t = 1 - prod_{k<=t}(1 - eta_k)`` (0.956 at most, DESIGN 1b);
+  is ``c_t * image`` with ``c_t = 1 - prod_{k<=t}(1 - eta_k)`` (0.956 at most);
 * 'exact float' (improved mode's float codec) divides ``g_t`` by ``eta_t``, so ``f_t`` is the
   image from the first step on; once ``eta_t`` has underflowed to 0 it emits ``1/2`` and keeps
   ``f`` (no 0/0);

@@ -193,7 +193,7 @@ def test_simulate_is_exact_at_every_requested_step_and_unbounded():
 
 
 def _literal_signgd(snn, x, num_steps):
-    """DESIGN section 1 step by step: every neuron tracks its input estimate from this step's
+    """docs/design.md ("The dynamics") step by step: every neuron tracks its input estimate from this step's
     spikes, ``x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))``, its output ``v`` in the units of
     the scaled neuron, and the decoder tracks the logits the same way."""
     from signgd_jax.dynamics import encode, fire, step_output, track_input
