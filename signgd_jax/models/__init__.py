@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from signgd_jax.models import convnext, mixer, resmlp, resnet, vgg
+from signgd_jax.models import convnext, mixer, resmlp, resnet, vgg, vit
 from signgd_jax.models.checkpoints import CheckpointError, CheckpointMismatch, from_arrays, from_checkpoint
 from signgd_jax.models.common import (
     Affine,
@@ -42,8 +42,9 @@ from signgd_jax.models.mixer import MlpMixer
 from signgd_jax.models.resmlp import ResMLP
 from signgd_jax.models.resnet import ResNet
 from signgd_jax.models.vgg import VGG
+from signgd_jax.models.vit import VisionTransformer
 
-_FAMILIES = (convnext, mixer, resmlp, resnet, vgg)
+_FAMILIES = (convnext, mixer, resmlp, resnet, vgg, vit)
 _REGISTRY = {name: (family.MODEL, config) for family in _FAMILIES for name, config in family.CONFIGS.items()}
 
 SMALL_MODELS = tuple(sorted(name for name in _REGISTRY if name.endswith("_mini")))
@@ -51,7 +52,7 @@ IMAGENET_MODELS = tuple(sorted(name for name in _REGISTRY if not name.endswith("
 
 __all__ = [
     "Affine", "CheckpointError", "CheckpointMismatch", "ConvBN", "ConvNeXt", "DepthwiseConv", "IMAGENET_MODELS",
-    "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "ResMLP", "ResNet", "SMALL_MODELS", "VGG",
+    "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "ResMLP", "ResNet", "SMALL_MODELS", "VGG", "VisionTransformer",
     "adaptive_avg_pool", "available", "config", "count_params", "create", "from_arrays", "from_checkpoint",
     "global_avg_pool", "has_batch_norm", "input_shape", "preprocess",
 ]

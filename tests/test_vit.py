@@ -1,0 +1,103 @@
+"""Vision Transformers in the zoo: ``vit_mini`` converts (improved mode), ``vit_b16`` has the
+published shapes and loads torchvision's ``vit_b_16`` state dict.
+
+Fixtures (``tests/fixtures/zoo``): ``vit_b_16_keys.json`` (torchvision's keys, shapes, dtypes in
+its order) and ``vit_b_16_logits.npz`` (the logits torchvision 0.26 computed on the two fixed
+images with the deterministic stand-in weights), copied from the shared zoo fixtures; the
+weight and image rule is ``stand_in`` below (the same rule as ``tests/test_checkpoints.py``).
+"""
+import json
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import signgd_jax as sg
+from signgd_jax import models
+from signgd_jax.models import vit_checkpoint
+from signgd_jax.models.checkpoints import CheckpointMismatch
+
+FIXTURES = Path(__file__).parent / "fixtures" / "zoo"
+
+
+def stand_in(name: str, shape) -> np.ndarray:
+    """``b = sin(0.1 i + crc32(name) mod 997)`` (float64) scaled by the parameter's role (torch layout)."""
+    shape = tuple(shape)
+    size = int(np.prod(shape, dtype=np.int64))
+    b = np.sin(0.1 * np.arange(size, dtype=np.float64) + zlib.crc32(name.encode()) % 997).reshape(shape)
+    leaf = name.rsplit(".", 1)[-1]
+    if "bias" in leaf:
+        value = 0.05 * b
+    elif len(shape) <= 1:
+        value = 1.0 + 0.1 * b
+    else:
+        value = b * np.sqrt(2.0 / np.prod(shape[1:]))
+    return value.astype(np.float32)
+
+
+def stand_in_images(n=2, size=224):
+    x = 0.5 * np.sin(0.01 * np.arange(n * 3 * size * size, dtype=np.float64))
+    return x.reshape(n, 3, size, size).astype(np.float32).transpose(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def torchvision_keys():
+    return json.loads((FIXTURES / "vit_b_16_keys.json").read_text())["torchvision_vit_b_16"]
+
+
+def test_vit_b16_has_the_published_shapes(torchvision_keys):
+    model = models.create("vit_b16")
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    assert models.count_params(shapes) == 86_567_656  # torchvision's vit_b_16: 86.6M
+    assert sum(int(np.prod(s)) for _, s, _ in torchvision_keys) == 86_567_656
+    entries = list(vit_checkpoint.torchvision_vit_entries(model))
+    assert [e.key for e in entries] == [k for k, _, _ in torchvision_keys]  # every key, in torchvision's order
+
+
+def test_vit_b16_loads_torchvision_weights_within_tolerance(tmp_path, torchvision_keys):
+    path = tmp_path / "vit_b_16.safetensors"
+    save_file({name: stand_in(name, shape) for name, shape, _ in torchvision_keys}, str(path))
+    model, variables = vit_checkpoint.from_torchvision_vit(load_file(str(path)), origin=str(path))
+    images = stand_in_images()
+    logits = np.asarray(jax.jit(model.apply)(variables, images))
+    reference = np.load(FIXTURES / "vit_b_16_logits.npz")["torchvision_vit_b_16"]
+    tolerance = 1e-4 * float(np.abs(reference).max()) + 1e-5
+    assert float(np.abs(logits - reference).max()) <= tolerance
+
+
+def test_torchvision_mismatch_names_the_key(torchvision_keys):
+    arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in torchvision_keys[:4]}
+    with pytest.raises(CheckpointMismatch, match="missing key 'encoder.layers.encoder_layer_0.ln_1.weight'"):
+        vit_checkpoint.from_torchvision_vit(arrays)
+    arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in torchvision_keys}
+    arrays["encoder.pos_embedding"] = np.zeros((1, 196, 768), np.float32)
+    with pytest.raises(CheckpointMismatch, match=r"encoder.pos_embedding.*\(1, 196, 768\)"):
+        vit_checkpoint.from_torchvision_vit(arrays)
+    arrays["encoder.pos_embedding"] = np.zeros((1, 197, 768), np.float32)
+    arrays["heads.pre_logits.weight"] = np.zeros((768, 768), np.float32)
+    with pytest.raises(CheckpointMismatch, match="unexpected key 'heads.pre_logits.weight'"):
+        vit_checkpoint.from_torchvision_vit(arrays)
+
+
+def test_vit_mini_converts_in_improved_mode_and_approaches_its_ann():
+    model = models.create("vit_mini")
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x))(x)
+    assert models.input_shape("vit_mini") == (28, 28, 1)
+    snn = sg.convert(model, variables, [x], "improved")
+    site_kinds = [s.kind for s in snn.sites.values()]
+    assert site_kinds.count("bilinear") == 6 and site_kinds.count("softmax") == 3
+    assert site_kinds.count("layer_norm") == 7 and site_kinds.count("gelu") == 3
+    # the attention scores' state: heads x tokens x tokens per image, as the ANN's activation
+    assert snn.sites["001_bilinear"].out_offset.shape == (1, 4, 50, 50)
+    ann = jax.jit(model.apply)(variables, x)
+    out = sg.simulate(snn, x, (16, 256))
+    errors = [float(jnp.abs(o - ann).max()) for o in out]
+    assert errors[1] < errors[0] / 10, errors
+    assert errors[1] <= 1e-3 * float(jnp.abs(ann).max()), errors
+    with pytest.raises(sg.interpret.UnsupportedOperation, match="improved"):
+        sg.convert(model, variables, [x], "paper")
