@@ -25,7 +25,7 @@ from signgd_jax import interpret
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
 from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.kinds import ann_op
-from signgd_jax.simulate import check_timestamps, initial_state, step
+from signgd_jax.simulate import check_timesteps, initial_state, step
 from signgd_jax.types import SNN, site_name
 
 LOGITS = "logits"  # the entry for the decoded output among the sites
@@ -66,17 +66,17 @@ def tracked_sites(snn: SNN) -> tuple:
                  if jax.eval_shape(lambda: neuron.estimate(neuron.init(1))) is not None)
 
 
-def _layer_errors_impl(snn: SNN, images, key, timestamps: tuple, tracked: tuple, affine_rule=None):
+def _layer_errors_impl(snn: SNN, images, key, timesteps: tuple, tracked: tuple, affine_rule=None):
     dynamics = get_dynamics(snn.mode)
     neurons = {name: dynamics.neuron(snn.sites[name]) for name in tracked}
     ann, ann_logits = ann_activations(snn, images, affine_rule)
     state = initial_state(snn, images)
-    num_steps = max(timestamps)
+    num_steps = max(timesteps)
     etas = dynamics.step_sizes(snn.schedule, num_steps)
-    rows = np.full(num_steps, len(timestamps), np.int32)  # a scratch row for the other steps
-    rows[np.asarray(timestamps) - 1] = np.arange(len(timestamps))
+    rows = np.full(num_steps, len(timesteps), np.int32)  # a scratch row for the other steps
+    rows[np.asarray(timesteps) - 1] = np.arange(len(timesteps))
     keys = jax.random.split(key, num_steps) if dynamics.draws_random(snn.codec) else None
-    buffer = jnp.zeros((len(timestamps) + 1, len(tracked) + 1), jnp.float32)
+    buffer = jnp.zeros((len(timesteps) + 1, len(tracked) + 1), jnp.float32)
 
     def body(carry, inputs):
         state, buffer = carry
@@ -93,17 +93,17 @@ def _layer_errors_impl(snn: SNN, images, key, timestamps: tuple, tracked: tuple,
     return buffer[:-1], scales
 
 
-_layer_errors = jax.jit(_layer_errors_impl, static_argnames=("timestamps", "tracked", "affine_rule"))
+_layer_errors = jax.jit(_layer_errors_impl, static_argnames=("timesteps", "tracked", "affine_rule"))
 
 
-def layer_errors(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *,
+def layer_errors(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *,
                  key=None) -> LayerErrors:
     """The error of every site's output estimate against the ANN activation on ``images``.
 
     Returns a :class:`LayerErrors` (see the module docstring); ``key`` seeds the 'stochastic'
-    codec as in :func:`signgd_jax.simulate`. Runs one compiled scan of ``max(timestamps)`` steps.
+    codec as in :func:`signgd_jax.simulate`. Runs one compiled scan of ``max(timesteps)`` steps.
     """
-    timestamps = check_timestamps(timestamps)
+    timesteps = check_timesteps(timesteps)
     images = jnp.asarray(images, jnp.float32)
     if images.ndim < 2:
         raise ValueError(f"images must be a batch [batch, ...], got shape {images.shape}")
@@ -112,13 +112,13 @@ def layer_errors(snn: SNN, images, timestamps: Sequence[int] = (1, 2, 4, 8, 16, 
     key = jax.random.PRNGKey(0) if key is None else key
     rule = cpu_conv_rule if platform_of(images, snn) == "cpu" else None
     names = tracked_sites(snn)
-    errors, scales = _layer_errors(snn, images, key, timestamps, names, rule)
+    errors, scales = _layer_errors(snn, images, key, timesteps, names, rule)
     errors = np.asarray(errors, np.float64)
     scales = np.asarray(scales, np.float64)
     names = (*names, LOGITS)
     with np.errstate(divide="ignore", invalid="ignore"):
         normalised = np.where(scales > 0, errors / np.where(scales > 0, scales, 1.0), np.nan)
-    return LayerErrors(timesteps=timestamps,
+    return LayerErrors(timesteps=timesteps,
                        absolute={n: errors[:, i] for i, n in enumerate(names)},
                        normalised={n: normalised[:, i] for i, n in enumerate(names)},
                        ann_scale={n: float(scales[i]) for i, n in enumerate(names)})

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from signgd_jax.simulate import CPU_COMPILER_OPTIONS, check_timestamps, initial_state, simulate
+from signgd_jax.simulate import CPU_COMPILER_OPTIONS, check_timesteps, initial_state, simulate
 from signgd_jax.convert import _IMAGE_KEYS
 from signgd_jax.cpu_forms import platform_of
 from signgd_jax.types import SNN
@@ -186,17 +186,17 @@ def grid_chunk_size(snn: SNN, images, grid_points: int, memory_bytes: Optional[i
 
 
 # ----------------------------------------------------------------------------- the compiled grid
-def _grid_impl(snn: SNN, images, labels, key, eta0s, gammas, timestamps: tuple, dtype, with_logits: bool):
+def _grid_impl(snn: SNN, images, labels, key, eta0s, gammas, timesteps: tuple, dtype, with_logits: bool):
     def one_point(eta0, gamma):
-        return simulate(snn.with_schedule(eta0=eta0, gamma=gamma), images, timestamps, key=key,
+        return simulate(snn.with_schedule(eta0=eta0, gamma=gamma), images, timesteps, key=key,
                                    dtype=dtype)
 
-    logits = jax.vmap(one_point)(eta0s, gammas)  # [points, len(timestamps), batch, classes]
+    logits = jax.vmap(one_point)(eta0s, gammas)  # [points, len(timesteps), batch, classes]
     correct = jnp.sum(jnp.argmax(logits, -1) == labels, axis=-1)  # padded images have label -1
     return correct, (logits if with_logits else None)
 
 
-_STATIC = ("timestamps", "dtype", "with_logits")
+_STATIC = ("timesteps", "dtype", "with_logits")
 _grid = jax.jit(_grid_impl, static_argnames=_STATIC)
 # On CPU the same compiler options as ``simulate`` (they can be set on this outer jit only).
 _grid_cpu = jax.jit(_grid_impl, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
@@ -242,7 +242,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         zero images up to a multiple of their count, which are not counted.
     """
     eta0s, gammas = check_grid(snn, eta0, gamma)
-    timestamps = check_timestamps(timesteps)
+    timesteps = check_timesteps(timesteps)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -254,7 +254,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
     points = grid_e.size
     snn_on_devices = jax.device_put(snn, replicated)
     key = jax.device_put(key, replicated)
-    correct = np.zeros((points, len(timestamps)), np.int64)
+    correct = np.zeros((points, len(timesteps)), np.int64)
     total, all_logits, padded_size, chunk = 0, [], 0, chunk_size
 
     for images, batch_labels in labelled_batches(batches, labels):
@@ -273,7 +273,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
             # the last chunk repeats its last point up to the chunk size (one compilation)
             index = np.minimum(np.arange(start, start + chunk), points - 1)
             e, g = (jax.device_put(np.asarray(a[index], np.float32), replicated) for a in (grid_e, grid_g))
-            c, logits = _run_grid(snn_on_devices, x, y, key, e, g, timestamps=timestamps, dtype=dtype,
+            c, logits = _run_grid(snn_on_devices, x, y, key, e, g, timesteps=timesteps, dtype=dtype,
                                   with_logits=return_logits)
             kept = min(chunk, points - start)
             correct[start:start + kept] += np.asarray(c)[:kept]
@@ -282,7 +282,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         total += n
         if return_logits:
             all_logits.append(np.concatenate(batch_logits))
-    accuracy = (correct / total).reshape(len(eta0s), len(gammas), len(timestamps))
+    accuracy = (correct / total).reshape(len(eta0s), len(gammas), len(timesteps))
     if not return_logits:
         return accuracy
     logits = np.concatenate(all_logits, axis=2)

@@ -39,6 +39,7 @@ def cnn():
 def test_improved_mode_errors_fall_towards_zero_at_every_site(cnn, tmp_path):
     variables, x = cnn
     snn = sg.convert(SmallCNN(), variables, [x], dynamics="improved")
+    assert sg.layer_errors is layer_errors and sg.plot_layer_errors is plot_layer_errors
     errors = layer_errors(snn, x, TIMESTEPS)
     assert errors.timesteps == TIMESTEPS
     assert list(errors.absolute) == [*snn.sites, LOGITS]

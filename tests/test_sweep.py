@@ -50,6 +50,7 @@ def test_grid_equals_separate_simulate_runs(paper):
     snn, x, y = paper
     # unequal batches: the second is padded to the first's size and its padding not counted
     batches = [x[:14], x[14:]]
+    assert sg.sweep is sweep
     accuracy, logits = sweep(snn, batches, y, eta0=ETA0, gamma=GAMMA, timesteps=TIMESTEPS, return_logits=True)
     assert accuracy.shape == (3, 2, 3) and logits.shape == (3, 2, 3, len(x), 4)
     for i, eta0 in enumerate(ETA0):
