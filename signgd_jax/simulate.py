@@ -84,7 +84,8 @@ def cast(snn: SNN, dtype) -> SNN:
     """The SNN with its floating-point arrays (weights, corrections) in ``dtype``."""
     def to(a):
         return a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
-    return jax.tree_util.tree_map(to, snn)
+    return snn.replace(**{field: jax.tree_util.tree_map(to, getattr(snn, field))
+                          for field in ("variables", "sites", "decoder")})
 
 
 def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: bool, dtype=None,
