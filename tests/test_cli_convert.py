@@ -137,7 +137,8 @@ def test_outputs(env, capsys):
         assert stats["layers"] and all(0 <= v["firing_rate"] <= 1 for v in stats["layers"].values())
         assert stats["sops_per_image_step"] > 0 and stats["ann_macs_per_image"] > 0
         assert set(r["timings"]) >= {"convert_s", "simulate_s"}
-    assert {"platform", "cpu_count", "devices"} <= set(results["machine"])
+    assert {"platform", "cpu_count", "usable_cpus", "devices"} <= set(results["machine"])
+    assert 1 <= results["machine"]["usable_cpus"] <= results["machine"]["cpu_count"]
     assert (workdir / "accuracy_vs_timesteps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [f for f in os.listdir(workdir) if f.endswith(".tmp")]
 

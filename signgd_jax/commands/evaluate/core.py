@@ -135,9 +135,13 @@ def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIB
 
 
 def machine_info() -> dict:
+    """Where the numbers were made. ``usable_cpus`` (the CPUs this process may run on) matters
+    for reproducing them: XLA:CPU splits convolutions and reductions by its thread count, so the
+    last bits of the results depend on it (same machine, same usable CPUs: identical results)."""
     devices = jax.devices()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(platform=platform.platform(), machine=platform.machine(), python=platform.python_version(),
-                cpu_count=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
+                cpu_count=os.cpu_count(), usable_cpus=usable, jax=jax.__version__, backend=jax.default_backend(),
                 device_count=len(devices), devices=[str(d) for d in devices],
                 device_kind=devices[0].device_kind if devices else None)
 
