@@ -101,3 +101,16 @@ def test_vit_mini_converts_in_improved_mode_and_approaches_its_ann():
     assert errors[1] <= 1e-3 * float(jnp.abs(ann).max()), errors
     with pytest.raises(sg.interpret.UnsupportedOperation, match="improved"):
         sg.convert(model, variables, [x], "paper")
+
+
+def test_vit_mini_decomposed_for_paper_mode_computes_the_same_function():
+    x = jax.random.uniform(jax.random.key(2), (2, 28, 28, 1))
+    vector, decomposed = models.create("vit_mini", depth=1), models.create("vit_mini", depth=1, vector_neurons=False)
+    variables = jax.jit(lambda x: vector.init(jax.random.key(3), x))(x)
+    ann = jax.jit(vector.apply)(variables, x)
+    np.testing.assert_allclose(jax.jit(decomposed.apply)(variables, x), ann, rtol=1e-4, atol=1e-5)
+    snn = sg.convert(decomposed, variables, [x], "paper")
+    assert [s.kind for s in snn.sites.values()] == ["square", "rsqrt_mul", "product", "exp", "divide", "product",
+                                                    "square", "rsqrt_mul", "gelu", "square", "rsqrt_mul"]
+    # the reference decomposition's state: one product neuron per (query, key, head, channel)
+    assert snn.sites["002_product"].a0[0].shape == (1, 50, 50, 4, 16)

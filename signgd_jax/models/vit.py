@@ -8,9 +8,16 @@ token (``pool='token'``) or the mean over tokens (``pool='mean'``) -> Dense.
 Multi-head self-attention is written with the vector neurons of :mod:`signgd_jax.nn`: the
 scores ``q k^T / sqrt(d)`` are one bilinear neuron per (head, query, key), the attention weights
 one softmax neuron per score, ``a v`` one bilinear neuron per output element; every LayerNorm is
-one ``layer_norm`` vector neuron per element (``vector_norm=False``: the elementwise
-decomposition of ``signgd_jax.nn.layer_norm``). So the neuron state is the size of the ANN's
+one ``layer_norm`` vector neuron per element. So the neuron state is the size of the ANN's
 activations, and the model converts in improved mode (paper mode refuses vector neurons).
+
+``vector_neurons=False`` writes the reference implementation's decomposition instead, with
+elementwise neurons only, so that paper mode converts it: ``q k^T`` as one product neuron per
+(query, key, head, channel) summed over channels, softmax as exp neurons and divide neurons
+(``exp(s) / sum exp(s)``, no max subtracted), ``a v`` as product neurons summed over keys,
+LayerNorm as its square and ``x1/sqrt(x2)`` neurons. The same function; its product state is
+``tokens^2 x width`` per block and image (vit_mini: 50*50*64 = 160,000 per contraction, against
+10,000 scores), so it is for small models.
 
 Parameter tree (``params`` only)::
 
@@ -52,6 +59,7 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention ``out(concat_h softmax(q_h k_h^T / sqrt(d)) v_h)``."""
 
     num_heads: int
+    vector_neurons: bool = True
 
     @nn.compact
     def __call__(self, x):  # x: [B, N, D]
@@ -61,10 +69,17 @@ class SelfAttention(nn.Module):
         d = width // self.num_heads
         qkv = nn.Dense(3 * width, name="qkv")(x).reshape(*x.shape[:-1], 3, self.num_heads, d)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        scores = snn.einsum("bqhd,bkhd->bhqk", q * (1.0 / np.sqrt(d)), k)
-        weights = snn.softmax(scores, axis=-1)
-        out = snn.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
-        return nn.Dense(width, name="out")(out)
+        q = q * (1.0 / np.sqrt(d))
+        if self.vector_neurons:
+            scores = snn.einsum("bqhd,bkhd->bhqk", q, k)
+            weights = snn.softmax(scores, axis=-1)
+            out = snn.einsum("bhqk,bkhd->bqhd", weights, v)
+        else:  # product neurons + sums, exp and divide neurons (elementwise only)
+            scores = jnp.sum(snn.product(q[:, :, None], k[:, None]), axis=-1)  # [B, q, k, h]
+            e = snn.exp(scores)
+            weights = snn.divide(e, jnp.sum(e, axis=2, keepdims=True))
+            out = jnp.sum(snn.product(weights[..., None], v[:, None]), axis=2)  # [B, q, h, d]
+        return nn.Dense(width, name="out")(out.reshape(x.shape))
 
 
 class EncoderBlock(nn.Module):
@@ -72,12 +87,13 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
-    vector_norm: bool = True
+    vector_neurons: bool = True
 
     @nn.compact
     def __call__(self, x):
-        x = x + SelfAttention(self.num_heads, name="attention")(_norm(self.ln_epsilon, self.vector_norm, "norm1")(x))
-        y = _norm(self.ln_epsilon, self.vector_norm, "norm2")(x)
+        y = _norm(self.ln_epsilon, self.vector_neurons, "norm1")(x)
+        x = x + SelfAttention(self.num_heads, self.vector_neurons, name="attention")(y)
+        y = _norm(self.ln_epsilon, self.vector_neurons, "norm2")(x)
         return x + Mlp(self.mlp_dim, gelu_approximate=self.gelu_approximate, name="mlp")(y)
 
 
@@ -93,7 +109,7 @@ class VisionTransformer(nn.Module):
     pool: str = "token"
     gelu_approximate: bool | str = True
     ln_epsilon: float = LN_EPS
-    vector_norm: bool = True
+    vector_neurons: bool = True  # False: the reference's elementwise decomposition (paper mode)
 
     uses_batch_norm: ClassVar[bool] = False
 
@@ -111,9 +127,9 @@ class VisionTransformer(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], self.hidden_dim))
         x = x + pos
         for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, self.gelu_approximate, self.ln_epsilon, self.vector_norm,
-                             name=f"blocks_{i}")(x)
-        x = _norm(self.ln_epsilon, self.vector_norm, "norm")(x)
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.gelu_approximate, self.ln_epsilon,
+                             self.vector_neurons, name=f"blocks_{i}")(x)
+        x = _norm(self.ln_epsilon, self.vector_neurons, "norm")(x)
         x = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)
         return nn.Dense(self.num_classes, name="head")(x)
 
