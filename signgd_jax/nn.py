@@ -235,7 +235,8 @@ def explicit_subscripts(subscripts: str, shape1, shape2) -> str:
     output = output.replace("...", dots)
     for p, shape in zip(parts, (shape1, shape2)):
         if len(p) != len(shape):
-            raise ValueError(f"einsum subscripts {subscripts!r} do not fit operand shapes {tuple(shape1)}, {tuple(shape2)}")
+            raise ValueError(f"einsum subscripts {subscripts!r} do not fit operand shapes "
+                             f"{tuple(shape1)}, {tuple(shape2)}")
     return f"{parts[0]},{parts[1]}->{output}"
 
 

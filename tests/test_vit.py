@@ -51,7 +51,8 @@ def torchvision_keys():
 
 def test_vit_b16_has_the_published_shapes(torchvision_keys):
     model = models.create("vit_b16")
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+    sample = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), sample)
     assert models.count_params(shapes) == 86_567_656  # torchvision's vit_b_16: 86.6M
     assert sum(int(np.prod(s)) for _, s, _ in torchvision_keys) == 86_567_656
     entries = list(vit_checkpoint.torchvision_vit_entries(model))
