@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from signgd_jax.simulate import CPU_COMPILER_OPTIONS, check_timesteps, initial_state, simulate
 from signgd_jax.convert import _IMAGE_KEYS
 from signgd_jax.cpu_forms import platform_of
+from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.types import SNN
 
 _LABEL_KEYS = ("label", "labels", "y", "targets")
@@ -52,18 +53,20 @@ def _grid_values(name: str, values, default) -> np.ndarray:
 
 def check_grid(snn: SNN, eta0, gamma) -> tuple[np.ndarray, np.ndarray]:
     """The grid's ``eta0`` and ``gamma`` values as float64 vectors (the SNN's own value where
-    None); ValueError for values the schedule cannot use or for a sweep that changes nothing."""
-    from signgd_jax.dynamics import get as get_dynamics
-
-    if get_dynamics(snn.mode).averages_logits:
+    None); ValueError for values the schedule cannot use or for a sweep that changes nothing.
+    With both None the grid is the one point of the SNN's own schedule (any dynamics)."""
+    own_schedule = eta0 is None and gamma is None  # one grid point: the SNN as it is
+    if get_dynamics(snn.mode).averages_logits and not own_schedule:
         raise ValueError(f"the {snn.mode!r} dynamics uses eta_t = 1/(t+1) whatever the schedule: "
                          "there is no eta0 or gamma to sweep")
     schedule = snn.schedule
-    if schedule.kind == "custom":
+    if schedule.kind == "custom" and not own_schedule:
         raise ValueError("this SNN's schedule is an optax function, which ignores eta0 and gamma: "
                          "convert with schedule='exponential', 'inverse' or 'constant' to sweep them")
     eta0 = _grid_values("eta0", eta0, np.asarray(schedule.eta0))
     gamma = _grid_values("gamma", gamma, np.asarray(schedule.gamma))
+    if own_schedule:
+        return eta0, gamma
     if np.any(eta0 <= 0):
         raise ValueError(f"eta0 values must be > 0, got {eta0.tolist()}")
     if schedule.kind == "exponential" and np.any((gamma <= 0) | (gamma > 1)):
@@ -233,7 +236,8 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
       batches, labels: see :func:`labelled_batches` (arrays with ``labels``, ``(images,
         labels)`` pairs, dicts with 'image' and 'label').
       eta0, gamma: the grid's values; None keeps the SNN's own. gamma only for the exponential
-        schedule; the 'if' dynamics (its ``eta_t = 1/(t+1)``) has nothing to sweep.
+        schedule; the 'if' dynamics (its ``eta_t = 1/(t+1)``) and optax schedules have nothing to
+        sweep (with both None: the one point of the SNN as it is).
       key, dtype: as in :func:`signgd_jax.simulate` (the same key for every grid point and batch,
         so each point is the separate run ``simulate(snn.with_schedule(...), images, key=key)``).
       chunk_size: grid points simulated at once; default from :func:`grid_chunk_size`

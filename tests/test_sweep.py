@@ -164,6 +164,11 @@ def test_integrate_and_fire_has_no_schedule_to_sweep():
     snn = sg.convert(model, model.init(jax.random.PRNGKey(1), x), [x], dynamics="if")
     with pytest.raises(ValueError, match="'if' dynamics uses eta_t = 1/\\(t\\+1\\)"):
         sweep(snn, x, np.zeros(4, np.int32), eta0=[0.1, 0.2])
+    # nothing swept: the one point of the SNN as it is, the baseline included
+    labels = np.asarray([0, 1, 2, 1], np.int32)
+    separate = np.asarray(sg.simulate(snn, x, (4, 32)))
+    np.testing.assert_array_equal(sweep(snn, x, labels, timesteps=(4, 32))[0, 0],
+                                  np.mean(np.argmax(separate, -1) == labels[None], axis=-1))
 
 
 _FOUR_DEVICES = textwrap.dedent("""
