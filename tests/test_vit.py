@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 import signgd_jax as sg
 from signgd_jax import models
-from signgd_jax.models import vit_checkpoint
+from signgd_jax.models import checkpoints
 from signgd_jax.models.checkpoints import CheckpointMismatch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zoo"
@@ -55,14 +55,16 @@ def test_vit_b16_has_the_published_shapes(torchvision_keys):
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), sample)
     assert models.count_params(shapes) == 86_567_656  # torchvision's vit_b_16: 86.6M
     assert sum(int(np.prod(s)) for _, s, _ in torchvision_keys) == 86_567_656
-    entries = list(vit_checkpoint.torchvision_vit_entries(model))
-    assert [e.key for e in entries] == [k for k, _, _ in torchvision_keys]  # every key, in torchvision's order
+    expected = checkpoints.expected_shapes("vit_b16", "torchvision")
+    assert list(expected) == [k for k, _, _ in torchvision_keys]  # every key, in torchvision's order
+    assert list(expected.values()) == [tuple(s) for _, s, _ in torchvision_keys]
 
 
 def test_vit_b16_loads_torchvision_weights_within_tolerance(tmp_path, torchvision_keys):
     path = tmp_path / "vit_b_16.safetensors"
     save_file({name: stand_in(name, shape) for name, shape, _ in torchvision_keys}, str(path))
-    model, variables = vit_checkpoint.from_torchvision_vit(load_file(str(path)), origin=str(path))
+    model, variables, preprocessing = models.from_checkpoint(str(path), "vit_b16")
+    assert preprocessing.image_size == 224
     images = stand_in_images()
     logits = np.asarray(jax.jit(model.apply)(variables, images))
     reference = np.load(FIXTURES / "vit_b_16_logits.npz")["torchvision_vit_b_16"]
@@ -72,16 +74,18 @@ def test_vit_b16_loads_torchvision_weights_within_tolerance(tmp_path, torchvisio
 
 def test_torchvision_mismatch_names_the_key(torchvision_keys):
     arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in torchvision_keys[:4]}
+    with pytest.raises(CheckpointMismatch, match="not a vit_b16 checkpoint"):
+        checkpoints.from_arrays(arrays, "vit_b16")
     with pytest.raises(CheckpointMismatch, match="missing key 'encoder.layers.encoder_layer_0.ln_1.weight'"):
-        vit_checkpoint.from_torchvision_vit(arrays)
+        checkpoints.from_arrays(arrays, "vit_b16", source="torchvision")
     arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in torchvision_keys}
     arrays["encoder.pos_embedding"] = np.zeros((1, 196, 768), np.float32)
     with pytest.raises(CheckpointMismatch, match=r"encoder.pos_embedding.*\(1, 196, 768\)"):
-        vit_checkpoint.from_torchvision_vit(arrays)
+        checkpoints.from_arrays(arrays, "vit_b16")
     arrays["encoder.pos_embedding"] = np.zeros((1, 197, 768), np.float32)
     arrays["heads.pre_logits.weight"] = np.zeros((768, 768), np.float32)
     with pytest.raises(CheckpointMismatch, match="unexpected key 'heads.pre_logits.weight'"):
-        vit_checkpoint.from_torchvision_vit(arrays)
+        checkpoints.from_arrays(arrays, "vit_b16")
 
 
 def test_vit_mini_converts_in_improved_mode_and_approaches_its_ann():

@@ -236,6 +236,26 @@ def _vgg_torchvision(model, tree) -> Iterator[Entry]:
     yield from _torch_linear(f"classifier.{3 * len(model.classifier)}", ("head",))
 
 
+def _vit_torchvision(model, tree) -> Iterator[Entry]:
+    """torchvision ``vit_b_16``: ``in_proj_weight`` is our ``qkv`` kernel transposed."""
+    if model.pool != "token":
+        raise ValueError("torchvision's ViT reads the class token: the zoo model needs pool='token'")
+    yield _same("class_token", ("params", "cls_token"))
+    yield from _torch_conv("conv_proj", ("stem",))
+    yield _same("encoder.pos_embedding", ("params", "pos_embedding"))
+    for i in range(model.depth):
+        layer, block = f"encoder.layers.encoder_layer_{i}", f"blocks_{i}"
+        yield from _torch_norm(f"{layer}.ln_1", (block, "norm1"))
+        yield _linear(f"{layer}.self_attention.in_proj_weight", ("params", block, "attention", "qkv", "kernel"))
+        yield _same(f"{layer}.self_attention.in_proj_bias", ("params", block, "attention", "qkv", "bias"))
+        yield from _torch_linear(f"{layer}.self_attention.out_proj", (block, "attention", "out"))
+        yield from _torch_norm(f"{layer}.ln_2", (block, "norm2"))
+        yield from _torch_linear(f"{layer}.mlp.0", (block, "mlp", "fc1"))
+        yield from _torch_linear(f"{layer}.mlp.3", (block, "mlp", "fc2"))
+    yield from _torch_norm("encoder.ln", ("norm",))
+    yield from _torch_linear("heads.head", ("head",))
+
+
 class Layout(NamedTuple):
     signature: str  # a key that only this layout has, among the layouts for this model
     entries: Callable[..., Iterator[Entry]]  # (model, abstract variables) -> entries in checkpoint order
@@ -262,6 +282,9 @@ LAYOUTS: dict[str, dict[str, Layout]] = {
     "resnet18": {"torchvision": Layout("conv1.weight", _resnet_torchvision, {}, prep.TORCHVISION)},
     "resnet34": {"torchvision": Layout("conv1.weight", _resnet_torchvision, {}, prep.TORCHVISION)},
     "vgg16_bn": {"torchvision": Layout("features.0.weight", _vgg_torchvision, {}, prep.TORCHVISION)},
+    # torchvision's ViT: exact GELU, LayerNorm eps 1e-6, the class token's output
+    "vit_b16": {"torchvision": Layout("encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+                                      _vit_torchvision, dict(_EXACT_GELU, pool="token"), prep.TORCHVISION)},
 }
 OPTIONAL_LEAVES = ("num_batches_tracked",)  # torch BatchNorm step counters: not weights, absent in old files
 

@@ -35,7 +35,7 @@ Parameter tree (``params`` only)::
 
 ``N = (H/p) * (W/p)``: the position embedding fixes the input resolution at initialisation.
 torchvision's ``vit_b_16`` state dict maps onto this tree one to one
-(:mod:`signgd_jax.models.vit_checkpoint`): its ``in_proj_weight`` is ``qkv`` transposed.
+(:mod:`signgd_jax.models.checkpoints`): its ``in_proj_weight`` is ``qkv`` transposed.
 """
 from __future__ import annotations
 
