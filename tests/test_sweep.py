@@ -196,3 +196,16 @@ def test_four_devices_give_the_same_grid(paper):
     # 14 images on 4 devices: padded to 16, and the 8 real images of the second batch to 16 too
     np.testing.assert_array_equal(np.asarray(four["accuracy"]), acc)
     np.testing.assert_allclose(np.asarray(four["logits"], np.float32), logits, rtol=0, atol=1e-6)
+
+
+def test_plot_sweep_writes_one_heatmap_per_timestep(tmp_path):
+    from signgd_jax.sweep import plot_sweep
+
+    grid = np.linspace(0, 1, 3 * 2 * 2).reshape(3, 2, 2)
+    paths = plot_sweep(grid, ETA0, GAMMA, (8, 32), str(tmp_path), title="net")
+    assert [os.path.basename(p) for p in paths] == ["sweep_T8.png", "sweep_T32.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="expected \\(3, 2, 3\\)"):
+        plot_sweep(grid, ETA0, GAMMA, (8, 32, 64), str(tmp_path))
