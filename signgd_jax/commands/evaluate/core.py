@@ -21,7 +21,7 @@ import signgd_jax
 from signgd_jax import data, metrics
 from signgd_jax.convert import MODES, as_apply_fn
 from signgd_jax.dynamics import CODECS
-from signgd_jax.simulate import check_timestamps
+from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, padded_batches
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
@@ -45,7 +45,7 @@ def parse_timesteps(text: str | Sequence[int]) -> tuple[int, ...]:
     if isinstance(text, str) and not all(s.isdigit() for s in items):  # rejects "1.5", "a", "-1", ""
         raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}")
     try:
-        return check_timestamps([int(s) for s in items] if isinstance(text, str) else items)
+        return check_timesteps([int(s) for s in items] if isinstance(text, str) else items)
     except ValueError:
         raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}") from None
 
@@ -199,11 +199,11 @@ def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, p
 _COUNT = "count:"  # prefix of a site's spike counts among the running sums
 
 
-def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParallel, progress: bool,
+def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParallel, progress: bool,
                  desc: str, seed: int = 0, dtype: Optional[str] = None, store: Optional[ProgressStore] = None):
     """``(correct per time-step, spike counts per site, batches resumed)`` over the test images.
 
-    Spike counts come from the same simulate call (T = max(timestamps)), summed over the real
+    Spike counts come from the same simulate call (T = max(timesteps)), summed over the real
     images only: the zero images that pad the last batch are subtracted with the counts of an
     all-zero batch (exact for the deterministic codecs, where every zero image spikes alike;
     an estimate for the stochastic codec).
@@ -212,10 +212,10 @@ def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParal
     base_key = jax.random.PRNGKey(seed)
 
     def update(sums, i, images, labels, k):
-        logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timestamps=timestamps,
+        logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timesteps=timesteps,
                                                    key=jax.random.fold_in(base_key, i),
                                                    return_spike_counts=True, dtype=dtype)
-        pred = np.asarray(jnp.argmax(logits, -1))  # [len(timestamps), batch]
+        pred = np.asarray(jnp.argmax(logits, -1))  # [len(timesteps), batch]
         out = dict(correct=sums.get("correct", 0) + np.sum(pred[:, :k] == labels[None, :k], axis=1))
         for name, c in batch_counts.items():
             out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + np.asarray(c, np.float64)
@@ -227,7 +227,7 @@ def evaluate_snn(snn, test_ds, batch_size: int, timestamps: tuple, dp: DataParal
     pad_rows = -len(test_ds) % batch_size  # zero images in the last batch
     if pad_rows:
         zeros = np.zeros((batch_size, *test_ds.image_shape), np.float32)
-        _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timestamps=timestamps,
+        _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timesteps=timesteps,
                                              key=base_key, return_spike_counts=True, dtype=dtype)
         counts = {n: np.maximum(c - np.asarray(zero_counts[n], np.float64) * (pad_rows / batch_size), 0.0)
                   for n, c in counts.items()}
