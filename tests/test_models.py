@@ -13,8 +13,8 @@ import signgd_jax as sg
 from signgd_jax import models
 from signgd_jax.models import DepthwiseConv, adaptive_avg_pool
 
-SMALL = ["convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini"]
-IMAGENET = ["convnext_small", "mixer_b16", "resmlp_big_24", "resnet18", "resnet34", "vgg16_bn"]
+SMALL = ["convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini", "vit_mini"]
+IMAGENET = ["convnext_small", "mixer_b16", "resmlp_big_24", "resnet18", "resnet34", "vgg16_bn", "vit_b16"]
 
 # Published parameter counts (1000 classes, 224x224x3) and the unit they are published in:
 # torchvision gives exact counts, timm's results tables millions to two decimals.
@@ -25,6 +25,7 @@ PUBLISHED_PARAMS = {
     "resnet18": (11_689_512, 1),  # torchvision.models.resnet18 "num_params"
     "resnet34": (21_797_672, 1),  # torchvision.models.resnet34 "num_params"
     "vgg16_bn": (138_365_992, 1),  # torchvision.models.vgg16_bn "num_params"
+    "vit_b16": (86_567_656, 1),  # torchvision.models.vit_b_16 "num_params"
 }
 
 _CACHE: dict = {}
@@ -131,13 +132,21 @@ def expected_sites(name) -> dict:
         convs = sum(1 for layer in cfg["layers"] if layer != "M")
         pools = sum(1 for layer in cfg["layers"] if layer == "M")
         return {"relu": convs + len(cfg["classifier"]), "maximum": 2 * pools}
+    if name.startswith("vit"):  # per block: 2 LNs, q k^T and a v (bilinear), softmax, MLP GELU; final LN
+        depth = cfg["depth"]
+        return {"layer_norm": 2 * depth + 1, "bilinear": 2 * depth, "softmax": depth, "gelu": depth}
     raise AssertionError(name)
+
+
+def dynamics_for(name):
+    """ViTs use vector neurons (softmax, layer_norm, bilinear), which only improved mode has."""
+    return "improved" if name.startswith("vit") else "paper"
 
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_model_converts_with_the_expected_neurons(name):
     model, variables, x = _init(name, (2, 28, 28, 1))
-    snn = sg.convert(model, variables, [x])
+    snn = sg.convert(model, variables, [x], dynamics=dynamics_for(name))
     assert _site_counts(snn) == expected_sites(name)
     assert snn.decoder["a0"].shape == (1, 10)
     if name in ("resnet_mini", "vgg_mini"):
@@ -152,9 +161,12 @@ def test_imagenet_model_converts_abstractly_with_the_expected_neurons(name):
     model = models.create(name)
     x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(lambda img: model.init(jax.random.key(0), img, train=False), x)
-    snn = jax.eval_shape(lambda v, img: sg.convert(model, v, [img]), variables, x)
+    snn = jax.eval_shape(lambda v, img: sg.convert(model, v, [img], dynamics=dynamics_for(name)), variables, x)
     assert _site_counts(snn) == expected_sites(name)
     assert snn.decoder["a0"].shape == (1, 1000)
+    if dynamics_for(name) != "paper":  # refused by name in paper mode
+        with pytest.raises(sg.UnsupportedOperation, match="softmax"):
+            jax.eval_shape(lambda v, img: sg.convert(model, v, [img], dynamics="paper"), variables, x)
 
 
 def test_converter_names_plain_nonlinearities_and_accepts_plain_relu():

@@ -19,8 +19,8 @@ Only public API is used: ``signgd_jax.neuron_trajectory``, ``convert``, ``simula
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -125,18 +125,34 @@ def test_unary_paper_estimate_within_bound(kind, schedule, num_steps, data, shap
 @given(kind=st.sampled_from(UNARY), schedule=schedules, num_steps=st.integers(1, 60), data=st.data(),
        shape=hnp.array_shapes(min_dims=1, max_dims=2, max_side=4))
 def test_unary_improved_estimate_within_bound(kind, schedule, num_steps, data, shape):
-    """Improved mode shows ``o + r v``; ``v`` tracks ``q = (phi - o)/r`` with the same bound, in units of r."""
+    """Improved mode shows ``o + r v``; ``v`` tracks ``q = (phi - o)/r`` with the same bound, in
+    units of r. ``neuron_trajectory``'s own calibration: ``o = phi/2``, ``r = max(|phi|/2, 1e-5)``."""
     lo, hi = X_RANGE.get(kind, (-3.0, 3.0))
     x = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(lo, hi, width=32)))
-    offset = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(-2.0, 2.0, width=32)))
-    scale = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(0.25, 4, width=32)))
     eta0, gamma = schedule
     options = {"negative_slope": SLOPE} if kind == "leaky_relu" else {}
     shown = np.asarray(sg.neuron_trajectory(kind, x, num_steps, mode="improved", eta0=eta0, gamma=gamma,
-                                            out_offset=offset, out_scale=scale, **options), np.float64)
-    o, r = offset.astype(np.float64), scale.astype(np.float64)
+                                            **options), np.float64)
+    target = phi(kind, x.astype(np.float32)).astype(np.float64)
+    o = (target / 2).astype(np.float32).astype(np.float64)
+    r = np.maximum(np.abs(target) / 2, 1e-5).astype(np.float32).astype(np.float64)
     q = (phi(kind, x.astype(np.float64)) - o) / r
-    check_tracking((shown - o) / r, q, eta0, gamma, tol=2e-5 * (1 + np.abs(q).max()))
+    assert np.all(np.abs(q) <= 1 + 1e-4)
+    check_tracking((shown - o) / r, q, eta0, gamma, tol=2e-4)
+
+
+@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError), reason=(
+    "defect: neuron_trajectory(mode='improved') with out_offset/out_scale shaped like x fails: x gets a "
+    "leading sample axis (x[None]) but the given out_offset/out_scale do not, so neuron.init cannot "
+    "broadcast them (ValueError) or the scan carry changes shape (TypeError)"))
+def test_unary_improved_with_explicit_representation():
+    x = np.array([0.5, -1.0, 2.0], np.float32)
+    offset = np.array([0.1, 0.2, -0.3], np.float32)
+    scale = np.array([1.0, 0.5, 2.0], np.float32)
+    shown = np.asarray(sg.neuron_trajectory("gelu", x, 40, mode="improved", out_offset=offset, out_scale=scale),
+                       np.float64)
+    q = (phi("gelu", x.astype(np.float64)) - offset) / scale
+    check_tracking((shown - offset) / scale, q, 0.15, 0.95, tol=1e-4)
 
 
 def binary_inputs(kind, rng, batch, width):
