@@ -17,6 +17,7 @@ table is test accuracy (%) on the first ``--limit`` test images, per time-step:
 * calibration: the ReLU maxima (paper mode) and ranges (improved mode) from 1, 10, 100 batches of
   ``--calibration-batch-size`` random training images (the paper calibrates on 100 batches);
 * the integrate-and-fire baseline (ReLU networks; n/a otherwise);
+* where accuracy is lost: each site's normalised error against the ANN (``signgd_jax.layer_errors``);
 * the compiled grid against a loop of separate ``simulate`` runs (seconds, after compilation).
 
 Written to ``<out-dir>/ablations.md``, ``ablations.json`` and the plots beside them. The A(0)/A(1)
@@ -75,11 +76,13 @@ def pct(values) -> list[float]:
     return [round(100 * float(v), 2) for v in values]
 
 
-def table(title: str, timesteps, rows: dict, ann: float) -> str:
-    head = f"| {title} | " + " | ".join(f"T={t}" for t in timesteps) + " |"
-    out = [head, "|---|" + "---:|" * len(timesteps), f"| ANN | " + " | ".join(f"{ann:.2f}" for _ in timesteps) + " |"]
+def table(title: str, timesteps, rows: dict, ann: float | None, fmt: str = "{:.2f}") -> str:
+    """A markdown table, one row per entry of ``rows`` (None: n/a), after an ANN row (unless None)."""
+    out = [f"| {title} | " + " | ".join(f"T={t}" for t in timesteps) + " |", "|---|" + "---:|" * len(timesteps)]
+    if ann is not None:
+        out.append("| ANN | " + " | ".join(f"{ann:.2f}" for _ in timesteps) + " |")
     for name, values in rows.items():
-        cells = ["n/a"] * len(timesteps) if values is None else [f"{v:.2f}" for v in values]
+        cells = ["n/a"] * len(timesteps) if values is None else [fmt.format(v) for v in values]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -190,6 +193,15 @@ def main(argv=None) -> int:
                                                                                if "its eta0" not in k}, ann), "",
                "eta0 chosen per T: " + "; ".join(f"{k.split(',')[0]}: {v}" for k, v in rows.items() if "its eta0" in k),
                "", f"![grid](schedule_grid_{mode}.png) ![lines](schedule_{mode}.png)", ""]
+        errors = sg.layer_errors(snn, batches[0][0], timesteps)
+        sg.plot_layer_errors(errors, os.path.join(args.out_dir, f"layer_errors_{mode}.png"),
+                             title=f"{config['model']}, {mode}: mean |u_t - a| / mean |a| per site")
+        report.setdefault("layer_errors", {})[mode] = {k: v.round(5).tolist() for k, v in errors.normalised.items()}
+        md += [f"## Where accuracy is lost ({mode} mode, default schedule, {len(batches[0][0])} images)", "",
+               "Normalised error `mean |u_t - a| / mean |a|` of each site's output estimate against the ANN "
+               "activation (`signgd_jax.layer_errors`):", "",
+               table("site", timesteps, errors.normalised, None, "{:.3g}"),
+               "", f"![layer errors](layer_errors_{mode}.png)", ""]
         codecs = {codec: accuracy(snn.replace(codec=codec)) for codec in sg.dynamics.CODECS}
         report["codec"][mode] = codecs
         lines(codecs, timesteps, ann, os.path.join(args.out_dir, f"codec_{mode}.png"), f"{mode}: codecs")

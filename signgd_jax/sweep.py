@@ -265,11 +265,15 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         n = len(images)
         # one padded size for every batch (the first batch's, rounded to the device count), so the
         # grid compiles once; a larger later batch gets its own size
-        padded_size = max(padded_size, -(-n // len(devices)) * len(devices))
+        size = max(padded_size, -(-n // len(devices)) * len(devices))
+        if size != padded_size and chunk_size is None:
+            chunk = None  # (re)estimated for this size
+        padded_size = size
         images = np.concatenate([images, np.zeros((padded_size - n, *images.shape[1:]), np.float32)])
         batch_labels = np.concatenate([batch_labels, np.full(padded_size - n, -1, np.int32)])
         if chunk is None:
             chunk = grid_chunk_size(snn, images, points, memory_bytes, len(devices))
+        chunk = min(chunk, points)
         x = jax.device_put(images, batch_sharding)
         y = jax.device_put(batch_labels, batch_sharding)
         batch_logits = []
