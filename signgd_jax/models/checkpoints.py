@@ -161,42 +161,51 @@ def _resmlp_timm(model, tree) -> Iterator[Entry]:
     yield from _torch_linear("head", ("head",))
 
 
-def _convnext_block(prefix, module, names):
-    """``names``: the publisher's (dwconv, norm, pwconv1, pwconv2, layer scale, layer-scale shape)."""
-    dwconv, norm, fc1, fc2, scale, scale_shape = names
-    yield from _torch_conv(f"{prefix}.{dwconv}", (*module, "dwconv"))
-    yield from _torch_norm(f"{prefix}.{norm}", (*module, "norm"))
-    yield from _torch_linear(f"{prefix}.{fc1}", (*module, "pwconv1"))
-    yield from _torch_linear(f"{prefix}.{fc2}", (*module, "pwconv2"))
-    yield _reshaped(f"{prefix}.{scale}", ("params", *module, "layer_scale", "scale"), scale_shape)
+class _ConvNeXtNames(NamedTuple):
+    """Where a publisher keeps ConvNeXt's parts: stem, downsampling layer i, block (i, j),
+    a block's (dwconv, norm, pwconv1, pwconv2, layer scale) leaves, the layer scale's stored
+    shape, and the head's norm and linear layer."""
+
+    stem: tuple[str, str]
+    downsample: Callable[[int], tuple[str, str]]
+    block: Callable[[int, int], str]
+    block_leaves: tuple[str, str, str, str, str]
+    layer_scale_shape: Callable
+    head: tuple[str, str]
 
 
-def _convnext_timm(model, tree) -> Iterator[Entry]:
-    yield from _torch_conv("stem.0", ("stem", "conv"))
-    yield from _torch_norm("stem.1", ("stem", "norm"))
-    block = ("conv_dw", "norm", "mlp.fc1", "mlp.fc2", "gamma", tuple)
-    for i, depth in enumerate(model.depths):
-        if i > 0:
-            yield from _torch_norm(f"stages.{i}.downsample.0", (f"stages_{i}", "downsample", "norm"))
-            yield from _torch_conv(f"stages.{i}.downsample.1", (f"stages_{i}", "downsample", "conv"))
-        for j in range(depth):
-            yield from _convnext_block(f"stages.{i}.blocks.{j}", (f"stages_{i}", f"block_{j}"), block)
-    yield from _torch_norm("head.norm", ("head_norm",))
-    yield from _torch_linear("head.fc", ("head",))
+def _convnext(names: _ConvNeXtNames):
+    def entries(model, tree) -> Iterator[Entry]:
+        yield from _torch_conv(names.stem[0], ("stem", "conv"))
+        yield from _torch_norm(names.stem[1], ("stem", "norm"))
+        dwconv, norm, fc1, fc2, scale = names.block_leaves
+        for i, depth in enumerate(model.depths):
+            if i > 0:
+                down_norm, down_conv = names.downsample(i)
+                yield from _torch_norm(down_norm, (f"stages_{i}", "downsample", "norm"))
+                yield from _torch_conv(down_conv, (f"stages_{i}", "downsample", "conv"))
+            for j in range(depth):
+                prefix, module = names.block(i, j), (f"stages_{i}", f"block_{j}")
+                yield from _torch_conv(f"{prefix}.{dwconv}", (*module, "dwconv"))
+                yield from _torch_norm(f"{prefix}.{norm}", (*module, "norm"))
+                yield from _torch_linear(f"{prefix}.{fc1}", (*module, "pwconv1"))
+                yield from _torch_linear(f"{prefix}.{fc2}", (*module, "pwconv2"))
+                yield _reshaped(f"{prefix}.{scale}", ("params", *module, "layer_scale", "scale"),
+                                names.layer_scale_shape)
+        yield from _torch_norm(names.head[0], ("head_norm",))
+        yield from _torch_linear(names.head[1], ("head",))
+
+    return entries
 
 
-def _convnext_torchvision(model, tree) -> Iterator[Entry]:
-    yield from _torch_conv("features.0.0", ("stem", "conv"))
-    yield from _torch_norm("features.0.1", ("stem", "norm"))
-    block = ("block.0", "block.2", "block.3", "block.5", "layer_scale", _channels_last_vector)
-    for i, depth in enumerate(model.depths):
-        if i > 0:
-            yield from _torch_norm(f"features.{2 * i}.0", (f"stages_{i}", "downsample", "norm"))
-            yield from _torch_conv(f"features.{2 * i}.1", (f"stages_{i}", "downsample", "conv"))
-        for j in range(depth):
-            yield from _convnext_block(f"features.{2 * i + 1}.{j}", (f"stages_{i}", f"block_{j}"), block)
-    yield from _torch_norm("classifier.0", ("head_norm",))
-    yield from _torch_linear("classifier.2", ("head",))
+_convnext_timm = _convnext(_ConvNeXtNames(
+    ("stem.0", "stem.1"), lambda i: (f"stages.{i}.downsample.0", f"stages.{i}.downsample.1"),
+    lambda i, j: f"stages.{i}.blocks.{j}", ("conv_dw", "norm", "mlp.fc1", "mlp.fc2", "gamma"), tuple,
+    ("head.norm", "head.fc")))
+_convnext_torchvision = _convnext(_ConvNeXtNames(
+    ("features.0.0", "features.0.1"), lambda i: (f"features.{2 * i}.0", f"features.{2 * i}.1"),
+    lambda i, j: f"features.{2 * i + 1}.{j}", ("block.0", "block.2", "block.3", "block.5", "layer_scale"),
+    _channels_last_vector, ("classifier.0", "classifier.2")))
 
 
 def _resnet_torchvision(model, tree) -> Iterator[Entry]:
