@@ -41,21 +41,20 @@ def images(n=16, shape=(8, 8, 1), seed=0):
     return jax.random.uniform(jax.random.PRNGKey(seed), (n, *shape))
 
 
-def randomised(variables, seed=1):
-    """Nonzero biases and BN statistics, so probe offsets and folding are exercised."""
+def randomised(variables, seed=1, most=0.5, shift=0.3):
+    """Nonzero biases and BN statistics, so probe offsets and folding are exercised: variances
+    get noise in [0.1, most), biases, means and scales that noise minus ``shift``."""
     variables = unfreeze(variables)
     leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     out = []
     for (path, leaf), key in zip(leaves, keys):
         name = str(path[-1])
-        noise = jax.random.uniform(key, leaf.shape, minval=0.1, maxval=0.5)
+        noise = jax.random.uniform(key, leaf.shape, minval=0.1, maxval=most)
         if "var" in name:
             leaf = leaf + noise
-        elif "bias" in name or "mean" in name:
-            leaf = leaf + noise - 0.3
-        elif "scale" in name:
-            leaf = leaf + noise - 0.3
+        elif "bias" in name or "mean" in name or "scale" in name:
+            leaf = leaf + noise - shift
         out.append(leaf)
     return jax.tree_util.tree_unflatten(tree, out)
 

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from flax.core import unfreeze
 
 import signgd_jax as sg
 from signgd_jax import frontends, interpret, kinds
+
+import test_convert
 
 
 def images(n=8, shape=(8, 8, 1), seed=0):
@@ -26,21 +27,7 @@ def images(n=8, shape=(8, 8, 1), seed=0):
 
 def randomised(variables, seed=1):
     """Nonzero biases, non-trivial scales and BatchNorm statistics."""
-    variables = unfreeze(variables)
-    leaves, tree = jax.tree_util.tree_flatten_with_path(variables)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    out = []
-    for (path, leaf), key in zip(leaves, keys):
-        name = str(path[-1])
-        noise = jax.random.uniform(key, leaf.shape, minval=0.1, maxval=0.4)
-        if "var" in name:
-            leaf = leaf + noise
-        elif "bias" in name or "mean" in name:
-            leaf = leaf + noise - 0.25
-        elif "scale" in name:
-            leaf = leaf + noise - 0.25
-        out.append(leaf)
-    return jax.tree_util.tree_unflatten(tree, out)
+    return test_convert.randomised(variables, seed, most=0.4, shift=0.25)
 
 
 # ----------------------------------------------------------------------------- models
@@ -223,7 +210,7 @@ def tracked(apply_fn, variables):
 
 def errors(snn, target, x, steps=(8, 256)):
     """Mean |SNN - target| at each T; the paper-mode target is taken at the codec-scaled input."""
-    out = sg.simulate(snn, x, timestamps=steps)
+    out = sg.simulate(snn, x, timesteps=steps)
     if snn.mode == "paper":
         etas = np.asarray(snn.schedule.step_sizes(max(steps)), np.float64)
         scale = 1 - np.cumprod(1 - etas)
@@ -272,7 +259,7 @@ def test_plain_flax_block_converts_like_its_signgd_twin(name, plain, twin, toler
     np.testing.assert_allclose(plain_out, plain.apply(variables, x), rtol=1e-4, atol=1e-5)
     results = check_converges(plain, variables, x, tolerance)
     twin_snn = sg.convert(twin, variables, [x], dynamics="paper")
-    np.testing.assert_allclose(sg.simulate(twin_snn, x, timestamps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sg.simulate(twin_snn, x, timesteps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
 
 
 def test_resmlp_block_converts():
@@ -295,7 +282,7 @@ def test_scan_stack_gets_one_site_per_iteration():
     twin, twin_vars = UnrolledStack(), unrolled_variables(variables)
     np.testing.assert_allclose(twin.apply(twin_vars, x), model.apply(variables, x), rtol=1e-5, atol=1e-6)
     twin_snn = sg.convert(twin, twin_vars, [x], dynamics="paper")
-    np.testing.assert_allclose(sg.simulate(twin_snn, x, timestamps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sg.simulate(twin_snn, x, timesteps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
 
 
 def test_fori_loop_stack_converts():
@@ -319,7 +306,7 @@ def test_nnx_model_converts_like_its_signgd_twin():
     assert plain_kinds == twin_kinds
     results = check_converges(model, state, x, 0.05)
     twin_snn = sg.convert(nnx_twin, state, [x], dynamics="paper")
-    np.testing.assert_allclose(sg.simulate(twin_snn, x, timestamps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sg.simulate(twin_snn, x, timesteps=(8, 256)), results["paper"], rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- refusals
