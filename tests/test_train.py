@@ -148,7 +148,7 @@ def test_stopped_run_resumes_where_it_stopped(tmp_path, mnist5k_dir):
     assert _without_time([resumed]) == _without_time([final])
     assert _without_time(_lines(os.path.join(stopped, "metrics.jsonl"))) == \
         _without_time(_lines(str(tmp_path / "full" / "metrics.jsonl")))
-    assert logs[0] == "resuming from checkpoint 6: epoch 2/2, step 1/5"
+    assert logs[1] == "resuming from checkpoint 6: epoch 2/2, step 1/5"
     _, va, _ = train.load_trained(str(tmp_path / "full"))
     _, vb, _ = train.load_trained(stopped)
     jax.tree.map(np.testing.assert_array_equal, va, vb)
@@ -230,3 +230,70 @@ def test_load_trained_errors(trained, tmp_path):
     open(os.path.join(bad, "config.json"), "w").write("{not json")
     with pytest.raises(train.CorruptCheckpoint, match="config.json"):
         train.load_trained(bad)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+QUICKSTART_FLAGS = ["--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05", "--augment"]
+
+
+def _resolved_record(argv):
+    from signgd_jax.commands.train.cli import parser
+    from signgd_jax.commands.train.config import config_record
+
+    return config_record(TrainConfig(**vars(parser().parse_args(argv))))
+
+
+@pytest.mark.parametrize("model", ["convnext_mini", "mixer_mini"])
+def test_layernorm_gelu_minis_default_to_the_measured_recipe(model):
+    """The recipe equals the flags the quick start and the five-architecture table passed, so
+    their config.json (and training) is unchanged without the flags."""
+    base = ["--model", model, "--workdir", "w"]
+    assert _resolved_record(base) == _resolved_record(base + QUICKSTART_FLAGS)
+    c = TrainConfig(model=model, workdir="w").resolved()
+    assert (c.optimizer, c.lr, c.weight_decay, c.augment, c.range_penalty) == ("adamw", 0.003, 0.05, True, 0.0)
+
+
+def test_resmlp_recipe_has_the_range_penalty():
+    c = TrainConfig(model="resmlp_mini", workdir="w").resolved()
+    assert (c.optimizer, c.range_penalty, c.range_bound) == ("adamw", 0.1, 2.0)
+
+
+def test_other_models_keep_the_papers_recipe():
+    c = TrainConfig(model="resnet_mini", workdir="w").resolved()
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.augment) == ("sgd", 0.1, 0.9, 5e-4, False)
+    assert TrainConfig(model="resnet_mini", workdir="w", dataset="cifar10").resolved().augment is True
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--optimizer", "sgd"], ("sgd", 0.1, 5e-4, True)),          # sgd's own lr/decay, not adamw's
+    (["--optimizer", "sgd", "--lr", "0.05"], ("sgd", 0.05, 5e-4, True)),
+    (["--lr", "0.01"], ("adamw", 0.01, 0.05, True)),
+    (["--weight-decay", "0"], ("adamw", 0.003, 0.0, True)),
+    (["--no-augment"], ("adamw", 0.003, 0.05, False)),
+])
+def test_command_line_overrides_the_recipe(argv, expected):
+    r = _resolved_record(["--model", "convnext_mini", "--workdir", "w", *argv])
+    assert (r["optimizer"], r["lr"], r["weight_decay"], r["augment"]) == expected
+
+
+def test_resolution_is_idempotent_and_config_json_holds_resolved_values():
+    c = TrainConfig(model="convnext_mini", workdir="w", optimizer="sgd")
+    assert c.resolved() == c.resolved().resolved()
+    record = _resolved_record(["--model", "resmlp_mini", "--workdir", "w"])
+    assert None not in [record[k] for k in ("optimizer", "lr", "weight_decay", "augment",
+                                             "range_penalty", "range_bound")]
+
+
+def test_recipe_is_logged_and_progress_bars_end_at_100_percent(tmp_path, mnist5k_dir, capsys):
+    """The epoch bar's last drawing is its full count (was: the last adaptive redraw, e.g. 68%)."""
+    logs = []
+    train.run(TrainConfig(model=MODEL, workdir=str(tmp_path / "w"), epochs=2, batch_size=16,
+                          limit_train=320, limit_test=64, data_dir=mnist5k_dir), log=logs.append)
+    assert logs[0] == ("training with sgd lr 0.1 momentum 0.9 weight decay 0.0005, cosine schedule, "
+                       "augmentation off (the paper's recipe)")
+    drawn = [s for s in capsys.readouterr().err.split("\r") if "step" in s]
+    for epoch in (1, 2):
+        last = [s for s in drawn if s.startswith(f"epoch {epoch}/2")][-1]
+        assert "100%" in last and "20/20" in last, last

@@ -1,5 +1,6 @@
 """What both commands share: one-line errors, an argument parser that exits with status 2,
-atomic writes, the per-workdir lock, padded evaluation batches, and the process entry point.
+atomic writes, the per-workdir lock, padded evaluation batches, progress bars, and the process
+entry point.
 
 Every failure a user can cause ends as one line on stderr and exit status 2; files are written
 to a temporary name in the same folder and renamed over the target only when complete, so an
@@ -170,6 +171,26 @@ def padded_batches(ds, batch_size: int, first: int = 0) -> Iterator[tuple[np.nda
             images = np.concatenate([images, np.zeros((batch_size - k, *images.shape[1:]), images.dtype)])
             labels = np.concatenate([labels, np.full(batch_size - k, -1, labels.dtype)])
         yield images, labels, k
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, initial: int = 0):
+    """A tqdm bar on stderr, cleared when the block ends, that never looks stalled: it redraws
+    on any update at most twice a second (no adaptive skipping of updates, which left a short
+    loop's bar at its last redraw, e.g. 21/31 = 68%), and draws its final count (``total/total``,
+    100%, after a complete loop) before it is cleared, also in a log file."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, disable=not enabled,
+               file=sys.stderr, dynamic_ncols=True, mininterval=0.5, miniters=1)
+    try:
+        yield bar
+    finally:
+        bar.refresh()
+        bar.close()
 
 
 # ----------------------------------------------------------------------------- process entry

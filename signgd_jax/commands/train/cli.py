@@ -10,48 +10,80 @@ import argparse
 import sys
 
 from signgd_jax.commands.common import OneLineParser, exit_with, fail
+from signgd_jax.commands.train.config import MODEL_RECIPES, OPTIMIZER_DEFAULTS, PAPER_RECIPE
+
+_SGD, _ADAMW, _RESMLP = OPTIMIZER_DEFAULTS["sgd"], OPTIMIZER_DEFAULTS["adamw"], MODEL_RECIPES["resmlp_mini"]
+
+
+def _recipes_help() -> str:
+    own = ", ".join(f"{name}: {r['optimizer']} lr {r['lr']:g} weight decay {r['weight_decay']:g}"
+                    + (f" range penalty {r['range_penalty']:g} bound {r['range_bound']:g}"
+                       if r.get("range_penalty") else "") + (" shifts" if r.get("augment") else "")
+                    for name, r in MODEL_RECIPES.items())
+    per_optimizer = ", ".join(f"{name} lr {d['lr']:g} weight decay {d['weight_decay']:g}"
+                              for name, d in OPTIMIZER_DEFAULTS.items())
+    return (f"Training recipes: options shown with 'default: recipe' take the model's recipe "
+            f"({own}), else the paper's ({PAPER_RECIPE['optimizer']} lr {PAPER_RECIPE['lr']:g} "
+            f"momentum 0.9 weight decay {PAPER_RECIPE['weight_decay']:g}, cosine decay). Options "
+            f"given on the command line always win; an --optimizer other than the recipe's "
+            f"brings its own lr and weight decay ({per_optimizer}).")
 
 
 def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
+    """The command line; every option's help ends with its default, as ``(default: ...)``."""
     p = OneLineParser(prog=prog, description="Train a classifier into a resumable workdir "
-                      "(rerun the same command to resume after an interruption).")
+                      "(rerun the same command to resume after an interruption).",
+                      epilog=_recipes_help())
     a = p.add_argument
     a("--model", required=True, help="signgd_jax.models name (e.g. convnext_mini, resnet_mini)"
-      " or package.module:factory")
-    a("--dataset", default="mnist5k", help="mnist5k (default), mnist, fashion_mnist, cifar10,"
-      " cifar100, imagenet2012")
-    a("--workdir", required=True, help="output folder: config.json, metrics.jsonl, checkpoints/")
-    a("--epochs", type=int, default=10)
-    a("--batch-size", type=int, default=128)
-    a("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
-    a("--momentum", type=float, default=0.9)
-    a("--nesterov", action="store_true")
-    a("--weight-decay", type=float, default=5e-4)
+      " or package.module:factory (required)")
+    a("--dataset", default="mnist5k", help="mnist5k, mnist, fashion_mnist, cifar10, cifar100 or"
+      " imagenet2012 (default: %(default)s)")
+    a("--workdir", required=True, help="output folder: config.json, metrics.jsonl, checkpoints/"
+      " (required)")
+    a("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
+    a("--batch-size", type=int, default=128, help="training batch size (default: %(default)s)")
+    a("--optimizer", choices=("sgd", "adamw"), default=None,
+      help="sgd (the paper's) or adamw (default: recipe: adamw for the LayerNorm/GELU minis,"
+      " sgd otherwise; see below)")
+    a("--lr", type=float, default=None, help=f"peak learning rate (default: recipe: {_SGD['lr']:g} for sgd,"
+      f" {_ADAMW['lr']:g} for adamw)")
+    a("--weight-decay", type=float, default=None, help=f"weight decay (default: recipe:"
+      f" {_SGD['weight_decay']:g} for sgd, {_ADAMW['weight_decay']:g} for adamw)")
+    a("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    a("--nesterov", action="store_true", help="Nesterov momentum for SGD (default: off)")
     a("--schedule", choices=("cosine", "constant"), default="cosine",
-      help="learning-rate schedule over all steps (default cosine decay to 0)")
-    a("--optimizer", choices=("sgd", "adamw"), default="sgd",
-      help="sgd: the paper's recipe (default); adamw: faster for LayerNorm/GELU models "
-      "(use e.g. --lr 0.002 --weight-decay 0.05)")
-    a("--range-penalty", type=float, default=0.0, metavar="LAMBDA",
+      help="learning-rate schedule over all steps, cosine decays to 0 (default: %(default)s)")
+    a("--range-penalty", type=float, default=None, metavar="LAMBDA",
       help="conversion-aware training: add LAMBDA * mean(relu(|target| - bound)^2) over the "
       "non-ReLU neurons (GELU, LayerNorm, max, ...) to the loss, so paper-mode neurons stay in "
-      "their reachable range (default 0: off)")
-    a("--range-bound", type=float, default=2.5, help="bound of --range-penalty (default 2.5; "
-      "paper-mode estimates reach at most 2.89 by T=64)")
-    a("--seed", type=int, default=0, help="initialisation, data order and augmentation seed")
+      f"their reachable range; 0 is off (default: recipe: {_RESMLP['range_penalty']:g} for "
+      f"resmlp_mini, else {PAPER_RECIPE['range_penalty']:g})")
+    a("--range-bound", type=float, default=None, help="bound of --range-penalty; paper-mode "
+      f"estimates reach at most 2.89 by T=64 (default: recipe: {_RESMLP['range_bound']:g} for "
+      f"resmlp_mini, else {PAPER_RECIPE['range_bound']:g})")
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
-      help="random crop (pad 4) + horizontal flip; default: on for CIFAR only")
+      help="random shifts (zero-pad, then crop) of the training images: up to 2 pixels for "
+      "mnist5k and mnist, never mirrored; up to 2 pixels plus horizontal flips for fashion_mnist; "
+      "up to 4 pixels plus horizontal flips for cifar10, cifar100 and imagenet2012 (default: "
+      "recipe: on for the LayerNorm/GELU minis, else on for cifar10 "
+      "and cifar100 only)")
+    a("--seed", type=int, default=0, help="initialisation, data order and augmentation seed"
+      " (default: %(default)s)")
     a("--data-dir", default=None, help="TFDS data dir (default: $SIGNGD_DATA_DIR, else "
       "~/.cache/signgd_jax/tfds for mnist5k and the TFDS default for the others)")
     a("--checkpoint-every", type=int, default=100, metavar="STEPS",
-      help="also checkpoint every STEPS steps within an epoch (default 100)")
-    a("--keep-checkpoints", type=int, default=3)
-    a("--eval-batch-size", type=int, default=500)
+      help="also checkpoint every STEPS steps within an epoch (default: %(default)s)")
+    a("--keep-checkpoints", type=int, default=3, help="checkpoints kept in the workdir"
+      " (default: %(default)s)")
+    a("--eval-batch-size", type=int, default=500, help="batch size of the test-set evaluation"
+      " after each epoch (default: %(default)s)")
     a("--limit-train", type=int, default=None, metavar="N", help="use the first N training"
-      " examples only")
+      " examples only (default: all)")
     a("--limit-test", type=int, default=None, metavar="N", help="use the first N test"
-      " examples only")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+      " examples only (default: all)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars"
+      " (default: bars on)")
     return p
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from tqdm.auto import tqdm
 
 from signgd_jax import data
-from signgd_jax.commands.common import atomic_write, read_json, workdir_lock, write_json_atomic
+from signgd_jax.commands.common import (atomic_write, progress_bar, read_json, workdir_lock,
+                                        write_json_atomic)
 from signgd_jax.commands.train import checkpoint as ckpt
 from signgd_jax.commands.train.config import (CONFIG_FILE, METRICS_FILE, ConfigError, TrainConfig,
                                               build_model, check_resumable, config_record)
@@ -120,8 +119,8 @@ def run(config: TrainConfig, model=None, log: Callable[[str], None] = print,
     ``signgd_jax.data.DatasetNotPrepared``, or a ``CheckpointError`` when the workdir's
     checkpoint cannot be restored.
     """
-    cfg = config
-    cfg.validate()
+    config.validate()
+    cfg = config.resolved()  # the model's recipe fills what the config leaves unset
     image_shape, num_classes, *splits = data.dataset_info(cfg.dataset)
     workdir = os.path.abspath(os.path.expanduser(cfg.workdir))
     settings = config_record(cfg, num_classes=num_classes, image_shape=list(image_shape))
@@ -131,6 +130,7 @@ def run(config: TrainConfig, model=None, log: Callable[[str], None] = print,
             f"test accuracy {done['test_acc']:.4f}); nothing to do")
         return done
     model = build_model(cfg.model, num_classes) if model is None else model
+    log(config.recipe_text())
     train_ds, test_ds, record = _prepare(cfg, tuple(splits), settings)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir, ConfigError):
@@ -173,22 +173,20 @@ def _epochs(cfg: TrainConfig, model, tx, dropout_key, mgr, state: TrainState, me
         resumed = epoch == meta["epoch"]
         start = meta["step_in_epoch"] if resumed else 0
         t0 = time.perf_counter() - (meta["epoch_seconds"] if resumed else 0.0)
-        bar = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   leave=False, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
-                   mininterval=0.5)
         batches = data.batches(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
-                               drop_remainder=True, augment=cfg.resolved_augment(), start=start)
-        for s, (images, labels) in enumerate(batches, start + 1):
-            state = train_step(state, images, labels)
-            bar.update(1)
-            if cfg.progress and s % 20 == 0:
-                bar.set_postfix(loss=f"{float(state.loss_sum) / (s * bs):.4f}", refresh=False)
-            if s < spe:
-                checkpointing = (epoch * spe + s) % cfg.checkpoint_every == 0
-                if checkpointing:
-                    save(state, epoch, s, epoch, time.perf_counter() - t0)
-                on_step(epoch * spe + s, checkpointing)
-        bar.close()
+                               drop_remainder=True, augment=cfg.augment, start=start)
+        with progress_bar(spe, f"epoch {epoch + 1}/{cfg.epochs}", "step", cfg.progress,
+                          initial=start) as bar:
+            for s, (images, labels) in enumerate(batches, start + 1):
+                state = train_step(state, images, labels)
+                bar.update(1)
+                if cfg.progress and s % 20 == 0:
+                    bar.set_postfix(loss=f"{float(state.loss_sum) / (s * bs):.4f}", refresh=False)
+                if s < spe:
+                    checkpointing = (epoch * spe + s) % cfg.checkpoint_every == 0
+                    if checkpointing:
+                        save(state, epoch, s, epoch, time.perf_counter() - t0)
+                    on_step(epoch * spe + s, checkpointing)
 
         test_acc = accuracy(state.variables, test_ds)
         rec = {"epoch": epoch + 1, "train_loss": float(state.loss_sum) / (spe * bs),

@@ -54,7 +54,9 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
     ``add_decayed_weights`` before ``sgd`` is PyTorch's ``SGD(weight_decay=...)``: the decay
     term joins the gradient before the momentum buffer. AdamW (decoupled decay, betas
     0.9/0.999) trains the LayerNorm/GELU models (ConvNeXt, Mixer, ResMLP) far faster.
+    Settings ``cfg`` leaves unset come from the model's recipe (:meth:`TrainConfig.resolved`).
     """
+    cfg = cfg.resolved()
     lr = learning_rate(cfg, total_steps) if cfg.schedule == "cosine" else cfg.lr
     if cfg.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=cfg.weight_decay)
@@ -65,6 +67,7 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
 
 def learning_rate(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     """The learning rate as a function of the global step."""
+    cfg = cfg.resolved()
     if cfg.schedule == "cosine":
         return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
     return optax.constant_schedule(cfg.lr)
