@@ -271,8 +271,8 @@ def neuron_trajectory(kind: str, x, num_steps: int, *, mode: str = "paper", sche
         if out_offset is None:
             phi = target(kind, x, options)
             out_offset, out_scale = phi / 2, jnp.maximum(jnp.abs(phi) / 2, 1e-5)
-        site = site.replace(out_offset=jnp.asarray(out_offset, jnp.float32),
-                            out_scale=jnp.asarray(out_scale, jnp.float32))
+        site = site.replace(out_offset=jnp.broadcast_to(jnp.asarray(out_offset, jnp.float32), x.shape),
+                            out_scale=jnp.broadcast_to(jnp.asarray(out_scale, jnp.float32), x.shape))
     neuron = dynamics.neuron(site)
     etas = dynamics.step_sizes(make_schedule(schedule, eta0, gamma), num_steps)
 

@@ -141,10 +141,6 @@ def test_unary_improved_estimate_within_bound(kind, schedule, num_steps, data, s
     check_tracking((shown - o) / r, q, eta0, gamma, tol=2e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError), reason=(
-    "defect: neuron_trajectory(mode='improved') with out_offset/out_scale shaped like x fails: x gets a "
-    "leading sample axis (x[None]) but the given out_offset/out_scale do not, so neuron.init cannot "
-    "broadcast them (ValueError) or the scan carry changes shape (TypeError)"))
 def test_unary_improved_with_explicit_representation():
     x = np.array([0.5, -1.0, 2.0], np.float32)
     offset = np.array([0.1, 0.2, -0.3], np.float32)
