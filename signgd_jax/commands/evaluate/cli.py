@@ -1,6 +1,18 @@
 """``signgd-convert --workdir DIR [options]`` (``python -m convert``): convert a trained model,
 evaluate, report.
 
+``signgd-convert --model NAME --weights FILE [--workdir DIR] [options]``: the same for published
+ImageNet weights (:func:`signgd_jax.models.from_checkpoint`), evaluated on imagenet2012 with the
+checkpoint's preprocessing; DIR (default ``./convert_NAME``, created if missing) holds the
+progress and the results. Calibration: ``--calibration-batches`` (default 100, as the paper) of
+``--calibration-batch-size`` (default 32) training images.
+
+``--sweep-eta0 A:B:N`` / ``--sweep-gamma A:B:N``: the accuracy over that grid of the exponential
+schedule instead of one schedule (:func:`signgd_jax.sweep`), written to DIR/sweep.json and one
+heatmap per dynamics and T (DIR/sweep_<dynamics>_T<t>.png). ``--diagnose``: each site's error
+against the ANN per time-step (:func:`signgd_jax.diagnose.layer_errors`) into results.json and
+DIR/layer_errors.png.
+
 Exit status: 0 done; 2 bad input (unknown dataset / dynamics / codec, bad time-steps, missing,
 corrupt or mismatched checkpoint, dataset not prepared, NaN or Inf images, workdir in use by
 another process, a workdir where nothing can be written), with one line on stderr and no
@@ -16,7 +28,7 @@ import shlex
 import sys
 
 from signgd_jax.commands.common import (OneLineParser, OutputNotWritable, check_writable, exit_with,
-                                        fail, workdir_lock)
+                                        fail, workdir_lock, writing)
 
 _DEFAULT_TS = "1,2,4,8,16,32,64,128"
 
@@ -34,7 +46,14 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
                       "several time-steps, and write DIR/results.json and "
                       "DIR/accuracy_vs_timesteps.png.")
     a = p.add_argument
-    a("--workdir", required=True, help="a `signgd-train` workdir (config.json + checkpoints/)")
+    a("--workdir", default=None, help="a `signgd-train` workdir (config.json + checkpoints/); with --weights: "
+      "where the results and progress go (default ./convert_MODEL, created if missing)")
+    a("--model", default=None, help="with --weights: the zoo ImageNet model the weights are for (e.g. "
+      "convnext_small, resnet18)")
+    a("--weights", default=None, metavar="FILE", help="published weights (.safetensors, .npz, .pth) of --model, "
+      "evaluated on imagenet2012 without a training workdir")
+    a("--source", default=None, help="with --weights: the layout (vit_jax, timm, torchvision; default: "
+      "recognised from the keys)")
     a("--dataset", default=None, help="dataset to evaluate on (default: the one in config.json)")
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
@@ -43,45 +62,91 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "(default: all three)")
     a("--batch-size", type=_int, default=250, help="evaluation and calibration batch size "
       "(default 250; rounded up to a multiple of the device count for evaluation)")
-    a("--calibration-batches", type=_int, default=12, help="training batches used for calibration "
-      "(default 12, fixed-seed shuffle)")
+    a("--calibration-batches", type=_int, default=None, help="training batches used for calibration "
+      "(fixed-seed shuffle; default 12 for a workdir, 100 with --weights as the paper)")
+    a("--calibration-batch-size", type=_int, default=None, help="images per calibration batch (default: "
+      "--batch-size for a workdir, 32 with --weights)")
     a("--limit", type=_int, default=None, metavar="N", help="evaluate the first N test images only")
     a("--codec", default="float", help="input codec of the signGD modes: float (default), spike, stochastic")
     a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default 0.15)")
     a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default 0.95)")
     a("--dtype", default="float32", help="simulation precision: float32 (default) or bfloat16")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    a("--sweep-eta0", default=None, metavar="A:B:N", help="sweep eta0 over N values from A to B (or a,b,c); "
+      "writes sweep.json and heatmaps instead of results.json (default: no sweep)")
+    a("--sweep-gamma", default=None, metavar="A:B:N", help="sweep gamma likewise (the other axis: --eta0 / "
+      "--gamma when not swept)")
+    a("--diagnose", action="store_true", help="also measure each site's error against the ANN per time-step "
+      "(first 64 test images): results.json['layer_errors'] and layer_errors.png")
     return p
+
+
+def _targets(args, p) -> tuple[str, bool]:
+    """``(workdir, pretrained)`` from the arguments; a usage error when they do not fit."""
+    if (args.model is None) != (args.weights is None):
+        p.error("--model and --weights go together (published weights of a zoo model)")
+    pretrained = args.weights is not None
+    if not pretrained:
+        if args.workdir is None:
+            p.error("the following arguments are required: --workdir (or --model with --weights)")
+        if args.source is not None:
+            p.error("--source goes with --weights")
+    return args.workdir or f"convert_{args.model}", pretrained
 
 
 def main(argv=None, prog: str = "signgd-convert") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(prog).parse_args(argv)
-    from signgd_jax.commands.evaluate.core import ConvertError, evaluate_workdir
+    p = parser(prog)
+    args = p.parse_args(argv)
+    workdir, pretrained = _targets(args, p)
+    from signgd_jax.commands.evaluate import core
     from signgd_jax.commands.evaluate.progress import PROGRESS_DIR
-    from signgd_jax.commands.evaluate.report import accuracy_table, write_results
+    from signgd_jax.commands.evaluate.report import (accuracy_table, sweep_table, write_layer_errors, write_results,
+                                                     write_sweep)
 
+    created = False
     try:
+        common = dict(
+            dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
+            batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
+            codec=args.codec, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
+            progress=args.progress, log=lambda m: print(m, flush=True),
+            sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
+            sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)
+        if args.calibration_batches is not None:  # else each mode's default
+            common["calibration_batch_count"] = args.calibration_batches
+        if args.calibration_batch_size is None:
+            common.pop("calibration_batch_size")
         with contextlib.ExitStack() as hold:
-            if os.path.isdir(args.workdir):  # else evaluate_workdir names what is missing
-                hold.enter_context(workdir_lock(args.workdir, ConvertError))
-                check_writable(args.workdir)
-            results = evaluate_workdir(
-                args.workdir, dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps,
-                dynamics=args.dynamics, batch_size=args.batch_size,
-                calibration_batch_count=args.calibration_batches, limit=args.limit, codec=args.codec,
-                eta0=args.eta0, gamma=args.gamma, dtype=args.dtype, progress=args.progress,
-                log=lambda m: print(m, flush=True))
+            if pretrained and not os.path.isdir(workdir):
+                with writing(f"the workdir {workdir}"):
+                    os.makedirs(workdir)
+                created = True
+            if os.path.isdir(workdir):  # else evaluate_workdir names what is missing
+                hold.enter_context(workdir_lock(workdir, core.ConvertError))
+                check_writable(workdir)
+            if pretrained:
+                results = core.evaluate_pretrained(args.model, args.weights, workdir, source=args.source, **common)
+            else:
+                results = core.evaluate_workdir(workdir, **common)
             results["command"] = f"{prog} {shlex.join(argv)}"
-            print(accuracy_table(results), flush=True)
-            json_path, png_path = write_results(results, args.workdir)
-    except (ConvertError, OutputNotWritable) as e:
+            print((sweep_table if "sweep" in results else accuracy_table)(results), flush=True)
+            if "sweep" in results:
+                written = write_sweep(results, workdir)
+            else:
+                written = list(write_results(results, workdir))
+                if "layer_errors" in results:
+                    written.append(write_layer_errors(results, workdir))
+    except (core.ConvertError, OutputNotWritable) as e:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only when still empty
         return fail(e)
     except KeyboardInterrupt:
-        print(f"interrupted; progress kept in {os.path.join(args.workdir, PROGRESS_DIR)}: "
+        print(f"interrupted; progress kept in {os.path.join(workdir, PROGRESS_DIR)}: "
               "rerun the same command to resume", file=sys.stderr)
         return 130
-    print(f"wrote {json_path} and {png_path}")
+    print(f"wrote {', '.join(written)}")
     return 0
 
 

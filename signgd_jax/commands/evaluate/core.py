@@ -6,6 +6,7 @@ written.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -234,64 +235,241 @@ def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParall
     return correct, counts, resumed
 
 
-def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
-                     timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
-                     calibration_batch_count: int = 12, limit: Optional[int] = None, codec: str = "float",
-                     schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
-                     progress: bool = True, log: Callable[[str], None] = print,
-                     devices: Optional[Sequence] = None, dtype: Optional[str] = None,
-                     resume: bool = True, save_every_s: float = 30.0) -> dict:
-    """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
+def parse_grid(name: str, text: str | Sequence[float] | None) -> Optional[tuple[float, ...]]:
+    """A sweep axis: ``"start:stop:count"`` (``count`` evenly spaced values, both ends included),
+    ``"a,b,c"`` or a sequence of numbers; None stays None. ConvertError otherwise."""
+    if text is None:
+        return None
+    try:
+        if isinstance(text, str) and ":" in text:
+            start, stop, count = text.split(":")
+            if not count.strip().isdigit() or int(count) < 1:
+                raise ValueError
+            values = np.linspace(float(start), float(stop), int(count))
+        else:
+            values = [float(s) for s in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
+    except ValueError:
+        raise ConvertError(f"--{name} must be start:stop:count (count a positive integer) or numbers separated "
+                           f"by commas, got {text!r}") from None
+    if not values or not np.all(np.isfinite(values)):
+        raise ConvertError(f"--{name} needs finite values, got {text!r}")
+    return tuple(round(float(v), 12) for v in values)
 
-    Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
-    missing / corrupt / mismatched checkpoint, dataset not prepared). With ``resume`` the
-    running tallies are kept in ``workdir`` (:mod:`~signgd_jax.commands.evaluate.progress`, every ``save_every_s``
-    seconds and on Ctrl-C), and an interrupted evaluation with the same settings continues.
-    """
-    t_start = time.perf_counter()
+
+def _check_settings(*, timesteps, dynamics, batch_size, calibration_batch_count, calibration_batch_size, limit,
+                    codec, dtype, dataset, eta0, gamma) -> dict:
+    """The validated settings shared by trained workdirs and pretrained checkpoints."""
     timesteps = parse_timesteps(timesteps)
     dynamics = parse_dynamics(dynamics)
     batch_size = _positive("batch-size", batch_size)
     calibration_batch_count = _positive("calibration-batches", calibration_batch_count)
+    calibration_batch_size = _positive("calibration-batch-size", calibration_batch_size, allow_none=True)
     limit = _positive("limit", limit, allow_none=True)
     if dtype not in (None, "float32", "bfloat16"):
         raise ConvertError(f"unknown dtype {dtype!r}; supported: float32, bfloat16")
-    dtype = None if dtype == "float32" else dtype
     if codec not in CODECS:
         raise ConvertError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
     if dataset is not None and dataset not in data.SUPPORTED:  # before the (slow) checkpoint load
         raise ConvertError(f"unknown dataset {dataset!r}; supported: {', '.join(data.SUPPORTED)}")
     if not (eta0 > 0 and 0 < gamma <= 1):
         raise ConvertError(f"need eta0 > 0 and 0 < gamma <= 1, got eta0={eta0!r}, gamma={gamma!r}")
+    return dict(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
+                calibration_batch_count=calibration_batch_count,
+                calibration_batch_size=calibration_batch_size or batch_size, limit=limit, codec=codec,
+                dtype=None if dtype == "float32" else dtype, eta0=eta0, gamma=gamma)
 
+
+def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                     timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
+                     calibration_batch_count: int = 12, calibration_batch_size: Optional[int] = None,
+                     limit: Optional[int] = None, codec: str = "float",
+                     schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
+                     progress: bool = True, log: Callable[[str], None] = print,
+                     devices: Optional[Sequence] = None, dtype: Optional[str] = None,
+                     resume: bool = True, save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None,
+                     diagnose: bool = False) -> dict:
+    """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
+
+    Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
+    missing / corrupt / mismatched checkpoint, dataset not prepared). With ``resume`` the
+    running tallies are kept in ``workdir`` (:mod:`~signgd_jax.commands.evaluate.progress`, every ``save_every_s``
+    seconds and on Ctrl-C), and an interrupted evaluation with the same settings continues.
+    ``sweep_eta0`` / ``sweep_gamma`` and ``diagnose``: see :func:`evaluate_model`.
+    """
+    t_start = time.perf_counter()
+    settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
+                               calibration_batch_count=calibration_batch_count,
+                               calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
+                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma)
     model, variables, config = load_workdir(workdir)
     dataset = dataset or config.get("dataset") or "mnist5k"
     check_dataset(dataset, config)
     if data_dir is None and dataset == config.get("dataset"):
         data_dir = config.get("data_dir")  # where training found it
     train_ds, test_ds = load_splits(dataset, data_dir)
-    test_ds = test_ds.take(limit)
+    identity = dict(model=config["model"], checkpoint_step=config.get("checkpoint_step"))
+    extra = dict(checkpoint_step=config.get("checkpoint_step"), epochs_done=config.get("epochs_done"))
+    return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
+                          schedule=schedule, progress=progress, log=log, devices=devices, resume=resume,
+                          save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
+                          diagnose=diagnose, extra=extra, t_start=t_start)
+
+
+PRETRAINED_CALIBRATION_BATCHES = 100  # the paper calibrates its ImageNet conversions on 100 random batches
+PRETRAINED_CALIBRATION_BATCH_SIZE = 32
+
+
+def load_pretrained(model_name: str, weights: str, source: Optional[str] = None):
+    """``(model, variables, preprocessing, source)`` from a published checkpoint; ConvertError
+    (one line) for an unknown model or source, a missing, unreadable or truncated file, and a
+    checkpoint of another model or layout (a missing, extra or misshapen key is named)."""
+    from signgd_jax import models
+    from signgd_jax.models.checkpoints import LAYOUTS, recognise, read_arrays
+
+    if model_name not in LAYOUTS:
+        raise ConvertError(f"--model {model_name!r} has no pretrained checkpoint layout; supported: "
+                           f"{', '.join(sorted(LAYOUTS))}")
+    if source is not None and source not in LAYOUTS[model_name]:
+        raise ConvertError(f"--source {source!r} is not a layout of {model_name}; supported: "
+                           f"{', '.join(LAYOUTS[model_name])}")
+    try:
+        arrays = read_arrays(weights)
+        source = source or recognise(arrays, model_name)
+        model, variables, preprocessing = models.from_arrays(arrays, model_name, source, origin=os.fspath(weights))
+    except models.CheckpointError as e:  # CheckpointMismatch included
+        message = one_line(e)
+        raise ConvertError(message if message.startswith(os.fspath(weights)) else f"{weights}: {message}") from None
+    return model, variables, preprocessing, source
+
+
+def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: Optional[str] = None,
+                        dataset: Optional[str] = None, data_dir: Optional[str] = None,
+                        timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
+                        calibration_batch_count: int = PRETRAINED_CALIBRATION_BATCHES,
+                        calibration_batch_size: Optional[int] = PRETRAINED_CALIBRATION_BATCH_SIZE,
+                        limit: Optional[int] = None, codec: str = "float", schedule: str = "exponential",
+                        eta0: float = 0.15, gamma: float = 0.95, progress: bool = True,
+                        log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
+                        dtype: Optional[str] = None, resume: bool = True, save_every_s: float = 30.0,
+                        sweep_eta0=None, sweep_gamma=None, diagnose: bool = False) -> dict:
+    """:func:`evaluate_workdir` for published ImageNet weights: the zoo model ``model_name`` with
+    ``weights`` loaded by :func:`signgd_jax.models.from_checkpoint` (layout recognised from the
+    keys, or ``source``), evaluated on imagenet2012 with the checkpoint's own preprocessing.
+    Calibration: ``calibration_batch_count`` batches (default 100, as the paper) of
+    ``calibration_batch_size`` (default 32) images of a fixed-seed shuffle of the training split.
+    ``workdir`` holds the progress and the results (created if missing)."""
+    t_start = time.perf_counter()
+    settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
+                               calibration_batch_count=calibration_batch_count,
+                               calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
+                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma)
+    dataset = dataset or "imagenet2012"
+    if dataset != "imagenet2012":
+        raise ConvertError(f"pretrained ImageNet weights are evaluated on imagenet2012, not {dataset!r}")
+    model, variables, preprocessing, source = load_pretrained(model_name, weights, source)
+    _, _, train_split, test_split = data.dataset_info(dataset)
+    try:
+        train_ds = data.load(dataset, train_split, data_dir, preprocessing=preprocessing)
+        test_ds = data.load(dataset, test_split, data_dir, preprocessing=preprocessing)
+    except data.DatasetNotPrepared as e:
+        raise ConvertError(one_line(e)) from None
+    stat = os.stat(weights)
+    pretrained = dict(weights=os.path.abspath(weights), source=source,
+                      preprocessing=dataclasses.asdict(preprocessing))
+    identity = dict(model=model_name, weights=dict(path=pretrained["weights"], bytes=stat.st_size,
+                                                   mtime_ns=stat.st_mtime_ns),
+                    source=source, preprocessing=pretrained["preprocessing"])
+    extra = dict(checkpoint_step=None, epochs_done=None, pretrained=pretrained)
+    return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
+                          schedule=schedule, progress=progress, log=log, devices=devices, resume=resume,
+                          save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
+                          diagnose=diagnose, extra=extra, t_start=t_start)
+
+
+DIAGNOSE_IMAGES = 64  # test images the layer errors are measured on
+
+
+def _test_batches(test_ds, batch_size: int):
+    """``(images, labels)`` over the test view in order (the last batch may be smaller)."""
+    for start in range(0, len(test_ds), batch_size):
+        yield test_ds.get(np.arange(start, min(start + batch_size, len(test_ds))))
+
+
+def _json_numbers(values) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64)]
+
+
+def layer_error_numbers(errors) -> dict:
+    """A :class:`signgd_jax.diagnose.LayerErrors` as JSON-ready lists (NaN -> null)."""
+    return dict(timesteps=list(errors.timesteps), sites=list(errors.normalised),
+                normalised={k: _json_numbers(v) for k, v in errors.normalised.items()},
+                absolute={k: _json_numbers(v) for k, v in errors.absolute.items()},
+                ann_scale={k: float(v) for k, v in errors.ann_scale.items()})
+
+
+def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp: DataParallel, dtype) -> dict:
+    """The accuracy grid of one SNN over the test images: ``[len(eta0), len(gamma), len(timesteps)]``
+    from :func:`signgd_jax.sweep` (one compiled ``vmap`` over the grid per batch), with the best
+    point per T."""
+    accuracy = signgd_jax.sweep(snn, _test_batches(test_ds, batch_size), eta0=eta0s, gamma=gammas,
+                                timesteps=timesteps, dtype=dtype, devices=dp.devices)
+    best = {}
+    for k, t in enumerate(timesteps):
+        i, j = np.unravel_index(int(np.argmax(accuracy[:, :, k])), accuracy.shape[:2])
+        best[str(t)] = dict(eta0=eta0s[i], gamma=gammas[j], accuracy=float(accuracy[i, j, k]))
+    return dict(supported=True, reason=None, accuracy=np.asarray(accuracy, np.float64).tolist(), best=best)
+
+
+def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
+                   data_dir: Optional[str], schedule: str = "exponential", progress: bool = True,
+                   log: Callable[[str], None] = print, devices: Optional[Sequence] = None, resume: bool = True,
+                   save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None, diagnose: bool = False,
+                   extra: Optional[dict] = None, t_start: Optional[float] = None) -> dict:
+    """Calibrate on ``train_ds``, convert with each dynamics, evaluate on ``test_ds``: the results dict.
+
+    ``identity`` (the model and its weights) and the settings decide whether saved progress in
+    ``workdir`` is reused. With ``sweep_eta0`` or ``sweep_gamma`` (values; the other axis is the
+    single ``eta0`` / ``gamma``) each dynamics with a schedule is evaluated over that grid
+    instead (:func:`run_sweep`; ``results["sweep"]``, nothing resumed) and the 'if' dynamics is
+    n/a. With ``diagnose`` each dynamics' layer errors (:func:`signgd_jax.diagnose.layer_errors`
+    on the first :data:`DIAGNOSE_IMAGES` test images) go into ``results["layer_errors"]``.
+    """
+    from signgd_jax import diagnose as diagnostics
+
+    t_start = time.perf_counter() if t_start is None else t_start
+    s = settings
+    timesteps, dtype, batch_size = s["timesteps"], s["dtype"], s["batch_size"]
+    eta0, gamma, codec = s["eta0"], s["gamma"], s["codec"]
+    sweeping = sweep_eta0 is not None or sweep_gamma is not None
+    if sweeping and jax.process_count() > 1:
+        raise ConvertError("a sweep runs in one process (over its local devices); start it without "
+                           "multi-process options")
+    grid = (tuple(sweep_eta0 or (eta0,)), tuple(sweep_gamma or (gamma,)))
+    if sweeping and (min(grid[0]) <= 0 or not all(0 < g <= 1 for g in grid[1])):
+        raise ConvertError(f"sweep values need eta0 > 0 and 0 < gamma <= 1, got eta0 {list(grid[0])}, "
+                           f"gamma {list(grid[1])}")
+    test_ds = test_ds.take(s["limit"])
     if len(test_ds) == 0:
-        raise ConvertError(f"the test split of {dataset!r} is empty")
+        raise ConvertError(f"the test split of {test_ds.name!r} is empty")
     dp = DataParallel(devices)
     eval_batch = dp.round_up(min(batch_size, len(test_ds)))
-    calib = calibration_batches(train_ds, batch_size, calibration_batch_count)
+    calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
     t_loaded = time.perf_counter()
-    log(f"{config['model']} on {dataset}: {len(test_ds)} test images, {sum(len(b) for b in calib)} "
+    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images, {sum(len(b) for b in calib)} "
         f"calibration images, batch {eval_batch} over {dp.size} device(s) ({jax.default_backend()})")
 
     store = None
-    if resume:
+    if resume and not sweeping:
         store = ProgressStore(workdir, dict(
-            model=config["model"], checkpoint_step=config.get("checkpoint_step"), dataset=dataset,
-            data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps, codec=codec, schedule=schedule,
-            eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch, calibration_batch_size=batch_size,
-            calibration_batches=len(calib), calibration_seed=CALIBRATION_SEED), save_every_s, log)
+            identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps,
+            codec=codec, schedule=schedule, eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
+            calibration_batch_size=s["calibration_batch_size"], calibration_batches=len(calib),
+            calibration_seed=CALIBRATION_SEED), save_every_s, log)
     ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress, store)
     t_ann = time.perf_counter()
     n = len(test_ds)
-    per_dynamics = {}
-    for name in dynamics:
+    per_dynamics, swept, layer_errors = {}, {}, {}
+    for name in s["dynamics"]:
         t0 = time.perf_counter()
         try:
             snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec, schedule=schedule,
@@ -299,9 +477,19 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
         except signgd_jax.UnsupportedOperation as e:
             per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
                                       spike_statistics=None, timings=None)
+            swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
             log(f"{name}: n/a ({one_line(e)})")
             continue
         t1 = time.perf_counter()
+        if sweeping:
+            try:
+                swept[name] = run_sweep(snn, test_ds, eval_batch, timesteps, grid[0], grid[1], dp, dtype)
+            except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
+                swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
+                log(f"{name}: n/a ({one_line(e)})")
+                continue
+            swept[name]["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
+            continue
         correct, counts, resumed = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name,
                                                 dtype=dtype, store=store)
         t2 = time.perf_counter()
@@ -315,25 +503,34 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
             timings=dict(convert_s=round(t1 - t0, 3), simulate_s=round(t2 - t1, 3),
                          statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
                          images_per_s=round((n - min(resumed * eval_batch, n)) / max(t2 - t1, 1e-9), 2)))
+        if diagnose:
+            images, _ = test_ds.get(np.arange(min(DIAGNOSE_IMAGES, n)))
+            layer_errors[name] = dict(images=len(images), **layer_error_numbers(
+                diagnostics.layer_errors(snn, images, timesteps)))
     t_end = time.perf_counter()
-    return dict(
+    results = dict(
         format=RESULTS_FORMAT,
         workdir=os.path.abspath(workdir),
-        model=config["model"],
-        dataset=dataset,
-        checkpoint_step=config.get("checkpoint_step"),
-        epochs_done=config.get("epochs_done"),
+        model=identity["model"],
+        dataset=test_ds.name,
+        **(extra or {}),
         num_test_images=n,
         timesteps=list(timesteps),
-        settings=dict(dynamics=list(dynamics), codec=codec, schedule=schedule, eta0=eta0, gamma=gamma,
+        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, eta0=eta0, gamma=gamma,
                       dtype=dtype or "float32",
-                      batch_size=batch_size, eval_batch_size=eval_batch, limit=limit,
+                      batch_size=batch_size, eval_batch_size=eval_batch, limit=s["limit"],
                       data_dir=data_dir),
-        calibration=dict(split="train", batches=len(calib), batch_size=batch_size,
+        calibration=dict(split="train", batches=len(calib), batch_size=s["calibration_batch_size"],
                          images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
         ann=dict(accuracy=ann_correct / n, correct=ann_correct),
-        dynamics=per_dynamics,
-        timings=dict(load_s=round(t_loaded - t_start, 3), ann_s=round(t_ann - t_loaded, 3),
-                     snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3)),
-        machine=machine_info(),
     )
+    if sweeping:
+        results["sweep"] = dict(eta0=list(grid[0]), gamma=list(grid[1]), dynamics=swept)
+    else:
+        results["dynamics"] = per_dynamics
+    if diagnose and not sweeping:
+        results["layer_errors"] = layer_errors
+    results.update(timings=dict(load_s=round(t_loaded - t_start, 3), ann_s=round(t_ann - t_loaded, 3),
+                                snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3)),
+                   machine=machine_info())
+    return results

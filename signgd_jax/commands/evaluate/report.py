@@ -102,3 +102,97 @@ def write_results(results: dict, out_dir: str) -> tuple[str, str]:
         accuracy_figure(results).savefig(png_tmp, format="png")
     clear_progress(out_dir)
     return paths[0], paths[1]
+
+
+# ----------------------------------------------------------------------------- sweeps and layer errors
+SWEEP_FILE = "sweep.json"
+LAYER_ERRORS_PLOT = "layer_errors.png"
+
+
+def sweep_table(results: dict) -> str:
+    """Plain-text summary of a sweep: per dynamics and T, the best grid point and its accuracy."""
+    sweep = results["sweep"]
+    lines = [f"sweep of {results['model']} on {results['dataset']}, {results['num_test_images']} test images: "
+             f"{len(sweep['eta0'])} eta0 x {len(sweep['gamma'])} gamma values (ANN "
+             f"{percent(results['ann']['accuracy'])}%); best point per T"]
+    for name, r in sweep["dynamics"].items():
+        if not r["supported"]:
+            lines.append(f"{name}: n/a ({r['reason']})")
+            continue
+        for t in results["timesteps"]:
+            b = r["best"][str(t)]
+            lines.append(f"{name}  T={t}: {percent(b['accuracy'])}% at eta0={b['eta0']:g}, gamma={b['gamma']:g}")
+    return "\n".join(lines)
+
+
+def write_sweep(results: dict, out_dir: str) -> list[str]:
+    """``out_dir/sweep.json`` (the results dict with its ``sweep`` entry) and one heatmap per
+    swept dynamics and time-step, ``out_dir/sweep_<dynamics>_T<t>.png``
+    (:func:`signgd_jax.sweep.plot_sweep`), each written atomically; returns the paths."""
+    import tempfile
+
+    import numpy as np
+
+    from signgd_jax.sweep import plot_sweep
+
+    sweep, paths = results["sweep"], [os.path.join(out_dir, SWEEP_FILE)]
+    with writing(f"the sweep into {out_dir}"):
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".sweep_plots.") as tmp:
+            made = []
+            for name, r in sweep["dynamics"].items():
+                if r["supported"]:
+                    made += plot_sweep(np.asarray(r["accuracy"]), sweep["eta0"], sweep["gamma"], results["timesteps"],
+                                       tmp, title=f"{results['model']} {name}", prefix=f"sweep_{name}")
+            with atomic_outputs([paths[0]]) as (json_tmp,):
+                write_json(json_tmp, results)
+            for path in made:
+                target = os.path.join(out_dir, os.path.basename(path))
+                os.replace(path, target)
+                paths.append(target)
+    return paths
+
+
+def layer_errors_figure(results: dict):
+    """A matplotlib Figure: one panel per dynamics, the normalised error of each site's output
+    estimate against the ANN (``results['layer_errors']``) over t, log-log; the logits dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib import cm
+    from matplotlib.figure import Figure
+
+    from signgd_jax.diagnose import LOGITS
+
+    per_dynamics = results["layer_errors"]
+    fig = Figure(figsize=(6.4 * max(1, len(per_dynamics)), 4.8), dpi=110)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(per_dynamics)), squeeze=False)[0])
+    for ax, (name, errors) in zip(axes, per_dynamics.items()):
+        t = np.asarray(errors["timesteps"], np.float64)
+        sites = [s for s in errors["sites"] if s != LOGITS]
+        colors = cm.viridis(np.linspace(0, 0.9, max(1, len(sites))))
+        for color, site in zip(colors, sites):
+            values = np.asarray([np.nan if v is None else v for v in errors["normalised"][site]], np.float64)
+            ax.plot(t, np.where(values > 0, values, np.nan), marker="o", ms=3, color=color, label=site)
+        if LOGITS in errors["normalised"]:
+            values = np.asarray([np.nan if v is None else v for v in errors["normalised"][LOGITS]], np.float64)
+            ax.plot(t, np.where(values > 0, values, np.nan), "k--", marker="s", ms=3, label=LOGITS)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("time-step t")
+        ax.set_ylabel("mean |u_t - a| / mean |a|")
+        ax.set_title(f"{name}: estimate vs ANN ({errors['images']} test images)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2 if len(sites) > 12 else 1, loc="lower left")
+    fig.suptitle(f"{results['model']} on {results['dataset']}: error per site")
+    fig.tight_layout()
+    return fig
+
+
+def write_layer_errors(results: dict, out_dir: str) -> str:
+    """``out_dir/layer_errors.png`` (:func:`layer_errors_figure`), atomically; the numbers are in
+    results.json."""
+    path = os.path.join(out_dir, LAYER_ERRORS_PLOT)
+    with writing(f"the layer errors plot into {out_dir}"), atomic_outputs([path]) as (png_tmp,):
+        layer_errors_figure(results).savefig(png_tmp, format="png")
+    return path
