@@ -1,17 +1,30 @@
-"""The Colab notebooks: committed without outputs, and executable top to bottom.
+"""The Colab notebooks: committed without outputs, installing the package from the one
+repository URL, and executable top to bottom against the installed package.
 
-Execution uses a Jupyter kernel running this interpreter (``sys.executable``), in a temporary
-working directory, with the repository on ``PYTHONPATH`` and the session's offline mnist5k as
-data directory. Each notebook must finish without an error, produce at least one figure, and
-stay within the time budget the notebooks promise (about two to three minutes on a 2-core CPU).
+As a Colab user gets it: the package is built into a wheel (offline, setuptools' PEP 517 backend,
+without a warning of ours), installed with pip into a fresh virtual environment, and each notebook
+runs on a Jupyter kernel of that environment, in a temporary folder outside the repository, with
+no ``PYTHONPATH``: ``signgd_jax`` is imported from the new environment, never from the checkout
+(the notebook's install cell finds it importable and skips the GitHub install). The environment
+reuses this one's other packages (jax, flax, ...) through a ``.pth`` file written after the install,
+so nothing is downloaded. The session's offline mnist5k is the data directory. Each notebook must
+finish without an error, produce at least one figure, and stay within the time budget the
+notebooks promise (about two to three minutes on a 2-core CPU).
 """
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from signgd_jax.__about__ import REPOSITORY_URL
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -38,16 +51,94 @@ def test_committed_without_outputs(path):
                        f"(jupyter nbconvert --clear-output --inplace notebooks/{path.name})")
 
 
+def _install_cell(nb) -> str:
+    return next(cell.source for cell in nb.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_install_cell_uses_the_one_repository_url(path):
+    """The first code cell pip-installs ``git+REPOSITORY_URL``, only when the package is missing."""
+    source = _install_cell(nbformat.read(path, as_version=4))
+    assert re.findall(r'^REPOSITORY_URL = "([^"]+)"', source, re.M) == [REPOSITORY_URL]
+    assert 'find_spec("signgd_jax") is None' in source
+    assert '"pip", "install", "-q", f"git+{REPOSITORY_URL}"' in source
+    assert "PLACEHOLDER" not in source
+
+
+def test_pyproject_and_readme_badges_use_the_one_repository_url():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["urls"]["Repository"] == REPOSITORY_URL
+    owner_name = REPOSITORY_URL.removeprefix("https://github.com/")
+    badges = re.findall(r"colab\.research\.google\.com/github/([^)\s]+?)/blob/main/notebooks/([\w.]+)",
+                        (REPO / "README.md").read_text())
+    assert sorted(name for _, name in badges) == sorted(EXPECTED)
+    assert {repo for repo, _ in badges} == {owner_name}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``(python, site_packages)`` of a fresh virtual environment holding the package installed from
+    a freshly built wheel; the other packages come from this environment (a ``.pth`` file)."""
+    root = tmp_path_factory.mktemp("wheel_install")
+    source = root / "source"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(REPO / "signgd_jax", source / "signgd_jax",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    dist = root / "dist"
+    dist.mkdir()
+    build = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
+                            "print(b.build_wheel(sys.argv[1]))", str(dist)],
+                           cwd=source, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    assert "Warning" not in build.stderr, build.stderr  # e.g. SetuptoolsDeprecationWarning
+    wheel = dist / build.stdout.split()[-1]
+
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                              "--no-deps", "--no-index", str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    # After the install, so pip saw an empty environment; the path comes after the venv's own
+    # site-packages, and the checkout's editable install (a .pth of its own) is not processed.
+    (site / "reuse_test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, site
+
+
+def _outside_the_checkout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    assert REPO not in cwd.resolve().parents
+    return env, cwd
+
+
+def test_installed_package_is_the_wheels(installed, tmp_path):
+    python, site = installed
+    env, cwd = _outside_the_checkout(tmp_path)
+    probe = subprocess.run([str(python), "-c", "import signgd_jax, jax; print(signgd_jax.__file__)"],
+                           cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()).parent == site / "signgd_jax"
+    script = subprocess.run([str(python.parent / "signgd-train"), "--help"], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "(default: mnist5k)" in script.stdout, script.stderr
+
+
 @pytest.fixture
-def kernel_manager(tmp_path):
-    """A kernel manager whose only kernel is this interpreter (``sys.executable``) running ipykernel."""
+def kernel_manager(tmp_path, installed):
+    """A kernel manager whose only kernel is ipykernel on the fresh environment's interpreter."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
     spec_dir = tmp_path / "kernels" / "signgd-test"
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [str(installed[0]), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "signgd-jax test kernel",
         "language": "python",
     }))
@@ -59,15 +150,14 @@ def kernel_manager(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_executes(name, tmp_path, monkeypatch, mnist5k_dir, kernel_manager):
+def test_notebook_executes(name, tmp_path, monkeypatch, mnist5k_dir, kernel_manager, installed):
     path = REPO / "notebooks" / name
     nb = nbformat.read(path, as_version=4)
-    pythonpath = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO)] + ([pythonpath] if pythonpath else [])))
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the package comes from the wheel only
     monkeypatch.setenv("SIGNGD_DATA_DIR", mnist5k_dir)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
+    _, workdir = _outside_the_checkout(tmp_path)
+    nb.cells.append(nbformat.v4.new_code_cell("import signgd_jax\nprint(signgd_jax.__file__)"))
 
     client = nbclient.NotebookClient(nb, km=kernel_manager, timeout=CELL_TIMEOUT_S,
                                      resources={"metadata": {"path": str(workdir)}})
@@ -79,6 +169,17 @@ def test_notebook_executes(name, tmp_path, monkeypatch, mnist5k_dir, kernel_mana
     outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
     errors = [out for out in outputs if out.get("output_type") == "error"]
     assert not errors, errors
+    assert not [out for out in _outputs(nb.cells[_first_code(nb)])], "the install cell ran pip"
+    imported_from = Path("".join(out.get("text", "") for out in nb.cells[-1].outputs).strip())
+    assert imported_from.parent == installed[1] / "signgd_jax", imported_from
     figures = [out for out in outputs if "image/png" in out.get("data", {})]
     assert figures, f"{name} produced no figure"
     assert seconds < BUDGET_S, f"{name} took {seconds:.0f}s, over its {BUDGET_S}s budget"
+
+
+def _first_code(nb) -> int:
+    return next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+
+
+def _outputs(cell) -> list:
+    return cell.get("outputs", [])
