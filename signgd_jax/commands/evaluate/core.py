@@ -251,7 +251,7 @@ def parse_grid(name: str, text: str | Sequence[float] | None) -> Optional[tuple[
     except ValueError:
         raise ConvertError(f"--{name} must be start:stop:count (count a positive integer) or numbers separated "
                            f"by commas, got {text!r}") from None
-    if not values or not np.all(np.isfinite(values)):
+    if len(values) == 0 or not np.all(np.isfinite(values)):
         raise ConvertError(f"--{name} needs finite values, got {text!r}")
     return tuple(round(float(v), 12) for v in values)
 
