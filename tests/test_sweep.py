@@ -87,6 +87,12 @@ def test_chunked_grid_equals_the_whole_grid(paper):
     assert grid_chunk_size(snn, x, 6, memory_bytes=one_point * 4 * 100) == 6
     np.testing.assert_array_equal(sweep(snn, [x], y, eta0=ETA0, gamma=GAMMA, timesteps=TIMESTEPS,
                                         memory_bytes=one_point * 4), whole)
+    # by default on CPU a chunk's state stays within CPU_CHUNK_BYTES (cache-sized)
+    from signgd_jax.sweep import CPU_CHUNK_BYTES
+
+    big = np.zeros((4000, *x.shape[1:]), np.float32)
+    assert grid_chunk_size(snn, big, 6) == max(1, min(6, CPU_CHUNK_BYTES // grid_point_bytes(snn, big)))
+    assert grid_chunk_size(snn, x[:1], 6) == min(6, CPU_CHUNK_BYTES // grid_point_bytes(snn, x[:1]))
 
 
 def test_state_size_estimate_counts_every_neuron(paper):
