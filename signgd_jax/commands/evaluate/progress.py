@@ -7,20 +7,28 @@ are done and their running sums (correct answers per time-step, spike counts per
 Batches come in a fixed order and the stochastic codec's key depends on the batch index only,
 so a rerun with the same settings continues after the last saved batch and ends with the same
 numbers as a run that was never interrupted. With other settings the old progress is discarded.
+
+In a multi-process run (:mod:`~signgd_jax.commands.evaluate.distributed`) process 0 alone reads,
+discards and writes these files; it sends what it loaded to the other processes, whose tallies
+are the same global sums as its own, so a resumed multi-process run continues exactly like a
+single-process one (and a run may resume with another number of processes: the batches and
+their order do not depend on it). The other processes need no access to the folder.
 :func:`~signgd_jax.commands.evaluate.report.write_results` removes the folder once
 ``results.json`` holds everything.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from signgd_jax.commands.common import atomic_write, writing
+from signgd_jax.commands.evaluate import distributed
 
 PROGRESS_DIR = "convert_progress"
 SETTINGS_FILE = "settings.json"
@@ -28,16 +36,18 @@ SETTINGS_FILE = "settings.json"
 
 class ProgressStore:
     """The tallies of one workdir's evaluation; saved at most every ``save_every_s`` seconds
-    (always when ``force``, e.g. at the end of an evaluation or on Ctrl-C)."""
+    (always when ``force``, e.g. at the end of an evaluation or on Ctrl-C). ``processes``
+    (default: JAX's runtime) decides who touches the files: process 0 only."""
 
     def __init__(self, workdir: str, settings: dict, save_every_s: float = 30.0,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, processes: Optional[distributed.Processes] = None):
         self.dir = os.path.join(workdir, PROGRESS_DIR)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
         self.save_every_s = save_every_s
+        self.processes = distributed.current() if processes is None else processes
         self._saved_at: dict[str, float] = {}
         settings_path = os.path.join(self.dir, SETTINGS_FILE)
-        if os.path.isdir(self.dir):
+        if self.processes.is_writer and os.path.isdir(self.dir):
             try:
                 with open(settings_path) as f:
                     same = json.load(f) == self.settings
@@ -53,14 +63,20 @@ class ProgressStore:
     def load(self, name: str) -> tuple[int, dict[str, np.ndarray]]:
         """``(batches done, running sums)`` of evaluation ``name``; ``(0, {})`` if none saved."""
         self._saved_at[name] = time.monotonic()
-        if not os.path.exists(self._path(name)):
+        saved = None
+        if self.processes.is_writer and os.path.exists(self._path(name)):
+            with open(self._path(name), "rb") as f:
+                saved = f.read()
+        if self.processes.multi:  # process 0's bytes (b"" when it has none) on every process
+            saved = distributed.broadcast_bytes(saved or b"", self.processes) or None
+        if not saved:
             return 0, {}
-        with np.load(self._path(name)) as saved:
-            return int(saved["batches"]), {k: saved[k] for k in saved.files if k != "batches"}
+        with np.load(io.BytesIO(saved)) as tallies:
+            return int(tallies["batches"]), {k: tallies[k] for k in tallies.files if k != "batches"}
 
     def save(self, name: str, batches: int, sums: dict[str, np.ndarray], force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._saved_at.get(name, now) < self.save_every_s:
+        if not self.processes.is_writer or (not force and now - self._saved_at.get(name, now) < self.save_every_s):
             return
         with writing(f"the evaluation progress into {self.dir}"):
             os.makedirs(self.dir, exist_ok=True)
