@@ -29,6 +29,7 @@ import sys
 
 from signgd_jax.commands.common import (OneLineParser, OutputNotWritable, check_writable, exit_with,
                                         fail, workdir_lock, writing)
+from signgd_jax.commands.evaluate import distributed
 
 _DEFAULT_TS = "1,2,4,8,16,32,64,128"
 
@@ -78,6 +79,7 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "--gamma when not swept)")
     a("--diagnose", action="store_true", help="also measure each site's error against the ANN per time-step "
       "(first 64 test images): results.json['layer_errors'] and layer_errors.png")
+    distributed.add_arguments(p)  # --coordinator-address, --num-processes, --process-id
     return p
 
 
@@ -106,11 +108,12 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
 
     created = False
     try:
+        processes = distributed.start(args)  # a multi-process run when flags or environment say so
         common = dict(
             dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
             batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
             codec=args.codec, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
-            progress=args.progress, log=lambda m: print(m, flush=True),
+            progress=args.progress and processes.is_writer, log=lambda m: print(m, flush=True),
             sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
             sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)
         if args.calibration_batches is not None:  # else each mode's default
@@ -118,11 +121,11 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
         if args.calibration_batch_size is None:
             common.pop("calibration_batch_size")
         with contextlib.ExitStack() as hold:
-            if pretrained and not os.path.isdir(workdir):
+            if pretrained and not os.path.isdir(workdir) and processes.is_writer:
                 with writing(f"the workdir {workdir}"):
                     os.makedirs(workdir)
                 created = True
-            if os.path.isdir(workdir):  # else evaluate_workdir names what is missing
+            if os.path.isdir(workdir) and processes.is_writer:  # else evaluate_workdir names what is missing
                 hold.enter_context(workdir_lock(workdir, core.ConvertError))
                 check_writable(workdir)
             if pretrained:
@@ -131,6 +134,8 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
                 results = core.evaluate_workdir(workdir, **common)
             results["command"] = f"{prog} {shlex.join(argv)}"
             print((sweep_table if "sweep" in results else accuracy_table)(results), flush=True)
+            if not processes.is_writer:  # process 0 writes the results
+                return 0
             if "sweep" in results:
                 written = write_sweep(results, workdir)
             else:

@@ -23,7 +23,7 @@ from signgd_jax import data, metrics
 from signgd_jax.convert import MODES, as_apply_fn
 from signgd_jax.dynamics import CODECS
 from signgd_jax.simulate import check_timesteps
-from signgd_jax.commands.common import one_line, padded_batches
+from signgd_jax.commands.common import one_line
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
 
@@ -144,6 +144,7 @@ def machine_info() -> dict:
     return dict(platform=platform.platform(), machine=platform.machine(), python=platform.python_version(),
                 cpu_count=os.cpu_count(), usable_cpus=usable, jax=jax.__version__, backend=jax.default_backend(),
                 device_count=len(devices), devices=[str(d) for d in devices],
+                process_count=jax.process_count(), process_index=jax.process_index(),
                 device_kind=devices[0].device_kind if devices else None)
 
 
@@ -156,7 +157,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: int, desc: str, progress: bool,
-               update: Callable) -> tuple[dict, int]:
+               update: Callable, dp: DataParallel) -> tuple[dict, int]:
     """Folds ``update(sums, batch_index, images, labels, n_real) -> sums`` over the padded test
     batches, after those ``store`` already holds; returns ``(sums, batches resumed)``. The sums
     are saved as it goes and on Ctrl-C, so a rerun continues where this one stopped."""
@@ -166,7 +167,7 @@ def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: i
     with _progress(n, desc, progress) as bar:
         bar.update(min(done * batch_size, n))
         try:
-            for i, (images, labels, k) in enumerate(padded_batches(test_ds, batch_size, first=done), start=done):
+            for i, (images, labels, k) in enumerate(dp.padded_batches(test_ds, batch_size, first=done), start=done):
                 sums = update(sums, i, images, labels, k)
                 completed = i + 1
                 if store:
@@ -190,10 +191,10 @@ def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, p
 
     def update(sums, i, images, labels, k):  # runs over every test image before any simulation
         check_finite(images[:k], f"test batch {i} (batch size {batch_size}) of {test_ds.name}")
-        pred = np.asarray(predict(variables, dp.shard(images)))
-        return dict(correct=sums.get("correct", 0) + np.sum(pred[:k] == labels[:k]))
+        correct = dp.count_correct(predict(variables, dp.shard(images)), labels)  # pads: label -1
+        return dict(correct=sums.get("correct", 0) + correct)
 
-    sums, _ = _resumable(store, "ann", test_ds, batch_size, "ANN", progress, update)
+    sums, _ = _resumable(store, "ann", test_ds, batch_size, "ANN", progress, update, dp)
     return int(sums["correct"])
 
 
@@ -216,21 +217,21 @@ def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParall
         logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timesteps=timesteps,
                                                    key=jax.random.fold_in(base_key, i),
                                                    return_spike_counts=True, dtype=dtype)
-        pred = np.asarray(jnp.argmax(logits, -1))  # [len(timesteps), batch]
-        out = dict(correct=sums.get("correct", 0) + np.sum(pred[:, :k] == labels[None, :k], axis=1))
+        correct = dp.count_correct(jnp.argmax(logits, -1), labels)  # [len(timesteps)]; pads: label -1
+        out = dict(correct=sums.get("correct", 0) + correct)
         for name, c in batch_counts.items():
-            out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + np.asarray(c, np.float64)
+            out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + dp.to_host(c).astype(np.float64)
         return out
 
-    sums, resumed = _resumable(store, desc, test_ds, batch_size, desc, progress, update)
+    sums, resumed = _resumable(store, desc, test_ds, batch_size, desc, progress, update, dp)
     correct = sums["correct"].astype(np.int64)
     counts = {k[len(_COUNT):]: v for k, v in sums.items() if k.startswith(_COUNT)}
     pad_rows = -len(test_ds) % batch_size  # zero images in the last batch
     if pad_rows:
-        zeros = np.zeros((batch_size, *test_ds.image_shape), np.float32)
+        zeros = np.zeros((dp.local_size(batch_size), *test_ds.image_shape), np.float32)  # this process's rows
         _, zero_counts = signgd_jax.simulate(replicated, dp.shard(zeros), timesteps=timesteps,
                                              key=base_key, return_spike_counts=True, dtype=dtype)
-        counts = {n: np.maximum(c - np.asarray(zero_counts[n], np.float64) * (pad_rows / batch_size), 0.0)
+        counts = {n: np.maximum(c - dp.to_host(zero_counts[n]).astype(np.float64) * (pad_rows / batch_size), 0.0)
                   for n, c in counts.items()}
     return correct, counts, resumed
 
