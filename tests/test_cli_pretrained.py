@@ -208,3 +208,42 @@ def test_argument_errors(argv, expected, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_two_devices_give_the_same_numbers(weights, tmp_path, capsys):
+    """The pretrained evaluation split over two devices (a subprocess with two host devices)
+    counts exactly what one device counts."""
+    import jax.numpy as jnp
+
+    from signgd_jax import data, models
+
+    stand_in = ImageNetStandIn()
+    argv = ["--model", MODEL, "--weights", str(weights / "resnet18.safetensors"), "--data-dir", str(tmp_path),
+            *FAST, "--dynamics", "improved"]
+    with tfds.testing.mock_data(as_data_source_fn=stand_in):
+        model, variables, preprocessing = models.from_checkpoint(weights / "resnet18.safetensors", MODEL)
+        images, _ = data.load("imagenet2012", "test", str(tmp_path), preprocessing=preprocessing).get(np.arange(4))
+        predicted = np.asarray(jnp.argmax(model.apply(variables, jnp.asarray(images), train=False), -1))
+        stand_in.labels = [int(predicted[0]), 0 if predicted[1] else 1, int(predicted[2]), 0 if predicted[3] else 1,
+                           0, 0]
+        assert _main([*argv, "--workdir", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    script = ("import json, sys\n"
+              "import tensorflow_datasets as tfds\n"
+              "from test_cli_pretrained import ImageNetStandIn\n"
+              "from signgd_jax.commands.evaluate.cli import main\n"
+              "stand_in = ImageNetStandIn()\n"
+              "stand_in.labels = json.loads(sys.argv[1])\n"
+              "with tfds.testing.mock_data(as_data_source_fn=stand_in):\n"
+              "    sys.exit(main(sys.argv[2:]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(stand_in.labels), *argv,
+                           "--workdir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert one["machine"]["device_count"] == 1 and two["machine"]["device_count"] == 2
+    assert one["ann"] == two["ann"] == dict(accuracy=0.5, correct=2)
+    assert two["dynamics"]["improved"]["correct"] == one["dynamics"]["improved"]["correct"]
+    assert two["calibration"] == one["calibration"]
