@@ -122,3 +122,11 @@ def test_bad_sweep_arguments(workdir, extra, expected, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and expected in err, err
     assert sorted(os.listdir(workdir)) == before
+
+
+def test_diagnose_and_sweep_do_not_go_together(workdir, capsys):
+    with pytest.raises(SystemExit) as e:
+        _main(["--workdir", str(workdir), "--sweep-eta0", "0.1,0.2", "--diagnose"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--diagnose goes with an ordinary evaluation" in err and err.count("\n") == 1

@@ -93,6 +93,8 @@ def _targets(args, p) -> tuple[str, bool]:
             p.error("the following arguments are required: --workdir (or --model with --weights)")
         if args.source is not None:
             p.error("--source goes with --weights")
+    if args.diagnose and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
+        p.error("--diagnose goes with an ordinary evaluation, not with --sweep-eta0/--sweep-gamma")
     return args.workdir or f"convert_{args.model}", pretrained
 
 
@@ -148,8 +150,11 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
                 os.rmdir(workdir)  # only when still empty
         return fail(e)
     except KeyboardInterrupt:
-        print(f"interrupted; progress kept in {os.path.join(workdir, PROGRESS_DIR)}: "
-              "rerun the same command to resume", file=sys.stderr)
+        if args.sweep_eta0 is not None or args.sweep_gamma is not None:
+            print("interrupted; a sweep keeps no progress: rerun the command to start it again", file=sys.stderr)
+        else:
+            print(f"interrupted; progress kept in {os.path.join(workdir, PROGRESS_DIR)}: "
+                  "rerun the same command to resume", file=sys.stderr)
         return 130
     print(f"wrote {', '.join(written)}")
     return 0
