@@ -287,7 +287,8 @@ def test_resolution_is_idempotent_and_config_json_holds_resolved_values():
 
 
 def test_recipe_is_logged_and_progress_bars_end_at_100_percent(tmp_path, mnist5k_dir, capsys):
-    """The epoch bar's last drawing is its full count (was: the last adaptive redraw, e.g. 68%)."""
+    """The epoch bar's last drawing is its full count (was: its last redraw, e.g. 21/31 = 68%,
+    drawn while the epoch's last steps were still being dispatched)."""
     logs = []
     train.run(TrainConfig(model=MODEL, workdir=str(tmp_path / "w"), epochs=2, batch_size=16,
                           limit_train=320, limit_test=64, data_dir=mnist5k_dir), log=logs.append)

@@ -175,11 +175,18 @@ def _epochs(cfg: TrainConfig, model, tx, dropout_key, mgr, state: TrainState, me
         t0 = time.perf_counter() - (meta["epoch_seconds"] if resumed else 0.0)
         batches = data.batches(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
                                drop_remainder=True, augment=cfg.augment, start=start)
+        # The bar counts finished steps: steps are dispatched asynchronously, so each update
+        # waits for the step before the one just dispatched (one step in flight keeps the
+        # host's batch preparation overlapped with the computation).
+        in_flight = None
         with progress_bar(spe, f"epoch {epoch + 1}/{cfg.epochs}", "step", cfg.progress,
                           initial=start) as bar:
             for s, (images, labels) in enumerate(batches, start + 1):
                 state = train_step(state, images, labels)
-                bar.update(1)
+                if in_flight is not None:
+                    jax.block_until_ready(in_flight)
+                    bar.update(1)
+                in_flight = state.loss_sum
                 if cfg.progress and s % 20 == 0:
                     bar.set_postfix(loss=f"{float(state.loss_sum) / (s * bs):.4f}", refresh=False)
                 if s < spe:
@@ -187,6 +194,9 @@ def _epochs(cfg: TrainConfig, model, tx, dropout_key, mgr, state: TrainState, me
                     if checkpointing:
                         save(state, epoch, s, epoch, time.perf_counter() - t0)
                     on_step(epoch * spe + s, checkpointing)
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+                bar.update(1)
 
         test_acc = accuracy(state.variables, test_ds)
         rec = {"epoch": epoch + 1, "train_loss": float(state.loss_sum) / (spe * bs),
