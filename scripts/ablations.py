@@ -20,7 +20,8 @@ table is test accuracy (%) on the first ``--limit`` test images, per time-step:
 * where accuracy is lost: each site's normalised error against the ANN (``signgd_jax.layer_errors``);
 * the compiled grid against a loop of separate ``simulate`` runs (seconds, after compilation).
 
-Written to ``<out-dir>/ablations.md``, ``ablations.json`` and the plots beside them. The A(0)/A(1)
+Written to ``<out-dir>/ablations.json`` with the plots beside it, and the report to ``--markdown``
+(default ``<out-dir>/ablations.md``). The A(0)/A(1)
 offset correction cannot be switched off here: ``simulate`` evaluates each input estimate as the
 affine layers on the estimates below, which holds the correction by construction (see the note).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -55,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python scripts/ablations.py", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--workdir", required=True, help="a trained workdir (python -m train)")
-    a("--out-dir", default="results/ablations", help="where ablations.md/json and the plots go")
+    a("--out-dir", default="results/ablations", help="where ablations.json and the plots go")
+    a("--markdown", default=None, help="the report (default <out-dir>/ablations.md; its plot links are "
+      "relative to it)")
     a("--limit", type=int, default=1000, help="test images (default 1000)")
     a("--timesteps", default="4,8,16,32,64", help="time-steps (default 4,8,16,32,64)")
     a("--dynamics", default="paper,improved", help="signGD modes to ablate (default paper,improved)")
@@ -261,8 +265,13 @@ def main(argv=None) -> int:
     md += [f"Total time {report['total_s']:.0f} s."]
     with open(os.path.join(args.out_dir, "ablations.json"), "w") as f:
         json.dump(report, f, indent=1)
-    with open(os.path.join(args.out_dir, "ablations.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
+    markdown_path = args.markdown or os.path.join(args.out_dir, "ablations.md")
+    plots = os.path.relpath(args.out_dir, os.path.dirname(os.path.abspath(markdown_path)))
+    text = "\n".join(md) + "\n"
+    if plots != ".":
+        text = re.sub(r"\]\(([\w.]+\.png)\)", lambda m: f"]({plots}/{m.group(1)})", text)
+    with open(markdown_path, "w") as f:
+        f.write(text)
     print("\n".join(md))
     return 0
 
