@@ -142,6 +142,15 @@ def test_bad_settings_are_one_line_errors(kw, message):
         distributed.settings(_args(**kw), {})
 
 
+def test_bad_settings_end_the_command_with_one_line(tmp_path, capsys):
+    from signgd_jax.commands.evaluate.cli import main
+
+    assert main(["--workdir", str(tmp_path), "--num-processes", "2", "--process-id", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--process-id must be in 0..1" in err
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- process 0 writes
 
 

@@ -123,7 +123,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     reachable within its timeout, JAX already started) become a one-line ConvertError."""
     if jax.distributed.is_initialized():
         return current()
-    if not jax.config.jax_cpu_collectives_implementation:  # jax < 0.5 had none by default
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:  # older jax: none by default
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,

@@ -15,6 +15,7 @@ of them), as :meth:`DataParallel.padded_batches` yields them.
 """
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Iterator, Optional, Sequence
 
@@ -44,6 +45,9 @@ class DataParallel:
         if not mine or mine != list(range(mine[0], mine[0] + len(mine))):
             raise ValueError(f"process {self.processes.index} holds mesh positions {mine}: "
                              "need a contiguous, non-empty block")
+        per_process = collections.Counter(d.process_index for d in self.devices)
+        if len(set(per_process.values())) > 1:
+            raise ValueError(f"every process needs the same number of devices, got {dict(per_process)}")
         self.local_block = (mine[0], len(mine))  # (first mesh position, number of local devices)
 
     @property
