@@ -14,7 +14,9 @@ address             ADDRESS               coordination service (JAX reads this o
 (a flag wins over its variable). With none of them set, nothing is initialised and the
 evaluation is the single-process one. Without ``--num-processes``/``--process-id`` (and their
 variables), JAX's own cluster detection fills them in (SLURM, Open MPI, Kubernetes, Cloud TPU).
-On CPU the cross-process collectives are gloo's.
+JAX itself also reads ``JAX_COORDINATOR_BIND_ADDRESS`` (where process 0 listens; default all
+interfaces at the coordinator's port) and ``JAX_LOCAL_DEVICE_IDS`` (the GPUs this process uses,
+e.g. one process per GPU). On CPU the cross-process collectives are gloo's.
 
 How the work is split. The evaluation batch of ``B`` rows is one global array over the mesh
 of all processes' devices (:class:`~signgd_jax.commands.evaluate.parallel.DataParallel`),
@@ -23,12 +25,21 @@ devices ordered by process. Process ``p``, whose devices hold mesh positions
 test split for batch ``i`` (:func:`share_bounds`, :func:`share_positions`) and nothing else, so
 every global batch holds the same images in the same order as in a single-process run: the
 stochastic codec's noise, the zero-image padding of the last batch and all tallies are those of
-the single-process run. The tallies (correct answers per time-step, spike counts per site)
-are summed inside the jitted computation and come back as replicated values, the same on
-every process. Process 0 alone takes the workdir lock, keeps the progress files (its saved
-tallies are broadcast to the others when a run resumes: :func:`broadcast_bytes`) and writes
-the results. Calibration is not split: every process reads the same dozen training batches
-and converts the same network.
+the single-process run. (TFDS's per-process split, ``tfds.split_for_jax_process``, gives each
+process a contiguous range of the split instead: the batches, hence the stochastic noise and
+the padding, would then depend on the number of processes.) The tallies (correct answers per
+time-step, spike counts per site) are summed inside the jitted computation and come back as
+replicated values, the same on every process. Process 0 alone takes the workdir lock, keeps
+the progress files (its saved tallies are broadcast to the others when a run resumes:
+:func:`broadcast_bytes`) and writes the results. Calibration is not split: every process reads
+the same dozen training batches and converts the same network.
+
+Every process needs the workdir's ``config.json`` and ``checkpoints/`` and the dataset; no
+shared file system is needed. Every process must have the same number of devices. When one
+process fails, the others stop at their next collective (an error of the collectives or of the
+coordinator's heartbeat); the progress process 0 saved until then (every 30 s) lets the same
+command resume (also with another number of processes, while the evaluation batch size, rounded
+to a multiple of the device count, stays the same; otherwise it starts over).
 """
 from __future__ import annotations
 
@@ -74,11 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The three flags of the table above."""
     a = parser.add_argument
     a("--coordinator-address", default=None, metavar="HOST:PORT", help="multi-process run: address of "
-      f"process 0's coordination service (default ${ENV_COORDINATOR})")
+      f"process 0's coordination service (default: ${ENV_COORDINATOR}; with neither, one process)")
     a("--num-processes", default=None, metavar="N", help="multi-process run: number of processes "
-      f"(default ${ENV_NUM_PROCESSES})")
-    a("--process-id", default=None, metavar="I", help="multi-process run: this process's index 0..N-1 "
-      f"(default ${ENV_PROCESS_ID}); process 0 writes the results")
+      f"(default: ${ENV_NUM_PROCESSES}, else JAX's cluster detection)")
+    a("--process-id", default=None, metavar="I", help="multi-process run: this process's index 0..N-1; "
+      f"process 0 takes the workdir lock and writes progress and results (default: ${ENV_PROCESS_ID}, "
+      "else JAX's cluster detection)")
 
 
 def _config_error(message: str) -> Exception:

@@ -12,7 +12,7 @@ In a multi-process run (:mod:`~signgd_jax.commands.evaluate.distributed`) proces
 discards and writes these files; it sends what it loaded to the other processes, whose tallies
 are the same global sums as its own, so a resumed multi-process run continues exactly like a
 single-process one (and a run may resume with another number of processes: the batches and
-their order do not depend on it). The other processes need no access to the folder.
+their order depend on the evaluation batch size only, which the settings hold). The other processes need no access to the folder.
 :func:`~signgd_jax.commands.evaluate.report.write_results` removes the folder once
 ``results.json`` holds everything.
 """
