@@ -211,7 +211,7 @@ def _env(trained, devices, **extra):
 
 def _free_port():
     with socket.socket() as s:
-        s.bind(("localhost", 0))
+        s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -241,18 +241,18 @@ def _comparable(results):
 
 
 def _two_process_run(trained, workdirs, devices, by_flags):
-    port = _free_port()
+    address = f"127.0.0.1:{_free_port()}"
     commands, envs = [], []
     for pid, wd in enumerate(workdirs):
         command = [sys.executable, "-m", "convert", "--workdir", str(wd), *ARGS]
+        env = _env(trained, devices, JAX_COORDINATOR_BIND_ADDRESS=address)  # IPv4 loopback only
         if by_flags:
-            commands.append([*command, "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
+            commands.append([*command, "--coordinator-address", address, "--num-processes", "2",
                              "--process-id", str(pid)])
-            envs.append(_env(trained, devices))
+            envs.append(env)
         else:
             commands.append(command)
-            envs.append(_env(trained, devices, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                             JAX_PROCESS_ID=str(pid)))
+            envs.append(dict(env, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)))
     return _run_processes(commands, envs)
 
 
