@@ -42,43 +42,48 @@ def _int(text: str) -> int:
 
 
 def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
-    p = OneLineParser(prog=prog, description="Convert the model of a training workdir into "
-                      "spiking networks (one per dynamics), evaluate them on the test split at "
-                      "several time-steps, and write DIR/results.json and "
-                      "DIR/accuracy_vs_timesteps.png.")
+    p = OneLineParser(prog=prog, description="Convert the model of a training workdir (or published "
+                      "ImageNet weights: --model with --weights) into spiking networks (one per dynamics), "
+                      "evaluate them on the test split at several time-steps, and write DIR/results.json and "
+                      "DIR/accuracy_vs_timesteps.png (a sweep: DIR/sweep.json and heatmaps).")
     a = p.add_argument
-    a("--workdir", default=None, help="a `signgd-train` workdir (config.json + checkpoints/); with --weights: "
-      "where the results and progress go (default ./convert_MODEL, created if missing)")
-    a("--model", default=None, help="with --weights: the zoo ImageNet model the weights are for (e.g. "
-      "convnext_small, resnet18)")
+    a("--workdir", default=None, help="a `signgd-train` workdir (config.json + checkpoints/), or with --weights "
+      "where the results and progress go (default: required without --weights; ./convert_MODEL with "
+      "--weights, created if missing)")
+    a("--model", default=None, help="with --weights: the zoo ImageNet model the weights are for, e.g. "
+      "convnext_small or resnet18 (default: none, evaluate --workdir's trained model)")
     a("--weights", default=None, metavar="FILE", help="published weights (.safetensors, .npz, .pth) of --model, "
-      "evaluated on imagenet2012 without a training workdir")
-    a("--source", default=None, help="with --weights: the layout (vit_jax, timm, torchvision; default: "
+      "evaluated on imagenet2012 without a training workdir (default: none)")
+    a("--source", default=None, help="with --weights: the layout, vit_jax, timm or torchvision (default: "
       "recognised from the keys)")
-    a("--dataset", default=None, help="dataset to evaluate on (default: the one in config.json)")
+    a("--dataset", default=None, help="dataset to evaluate on (default: the one in config.json; imagenet2012 "
+      "with --weights)")
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
-    a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default {_DEFAULT_TS})")
+    a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default: {_DEFAULT_TS})")
     a("--dynamics", default="paper,improved,if", help="comma-separated subset of paper, improved, if "
-      "(default: all three)")
-    a("--batch-size", type=_int, default=250, help="evaluation and calibration batch size "
-      "(default 250; rounded up to a multiple of the device count for evaluation)")
-    a("--calibration-batches", type=_int, default=None, help="training batches used for calibration "
-      "(fixed-seed shuffle; default 12 for a workdir, 100 with --weights as the paper)")
+      "(default: %(default)s)")
+    a("--batch-size", type=_int, default=250, help="evaluation batch size, rounded up to a multiple of the "
+      "device count, and the calibration batch size of a workdir (default: 250)")
+    a("--calibration-batches", type=_int, default=None, help="training batches used for calibration, "
+      "fixed-seed shuffle (default: 12 for a workdir; 100 with --weights, as the paper)")
     a("--calibration-batch-size", type=_int, default=None, help="images per calibration batch (default: "
-      "--batch-size for a workdir, 32 with --weights)")
-    a("--limit", type=_int, default=None, metavar="N", help="evaluate the first N test images only")
-    a("--codec", default="float", help="input codec of the signGD modes: float (default), spike, stochastic")
-    a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default 0.15)")
-    a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default 0.95)")
-    a("--dtype", default="float32", help="simulation precision: float32 (default) or bfloat16")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+      "--batch-size for a workdir; 32 with --weights)")
+    a("--limit", type=_int, default=None, metavar="N", help="evaluate the first N test images only "
+      "(default: all test images)")
+    a("--codec", default="float", help="input codec of the signGD modes: float, spike or stochastic "
+      "(default: %(default)s)")
+    a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default: 0.15)")
+    a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default: 0.95)")
+    a("--dtype", default="float32", help="simulation precision: float32 or bfloat16 (default: %(default)s)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bars (default: progress bars "
+      "on)")
     a("--sweep-eta0", default=None, metavar="A:B:N", help="sweep eta0 over N values from A to B (or a,b,c); "
       "writes sweep.json and heatmaps instead of results.json (default: no sweep)")
-    a("--sweep-gamma", default=None, metavar="A:B:N", help="sweep gamma likewise (the other axis: --eta0 / "
-      "--gamma when not swept)")
+    a("--sweep-gamma", default=None, metavar="A:B:N", help="sweep gamma likewise; the axis not swept holds "
+      "--eta0 or --gamma (default: no sweep)")
     a("--diagnose", action="store_true", help="also measure each site's error against the ANN per time-step "
-      "(first 64 test images): results.json['layer_errors'] and layer_errors.png")
+      "on the first 64 test images: results.json['layer_errors'] and layer_errors.png (default: off)")
     distributed.add_arguments(p)  # --coordinator-address, --num-processes, --process-id
     return p
 
