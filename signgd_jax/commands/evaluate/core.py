@@ -456,8 +456,9 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     eval_batch = dp.round_up(min(batch_size, len(test_ds)))
     calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
     t_loaded = time.perf_counter()
-    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images, {sum(len(b) for b in calib)} "
-        f"calibration images, batch {eval_batch} over {dp.size} device(s) ({jax.default_backend()})")
+    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} batches, "
+        f"{sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
+        f"({jax.default_backend()})")
 
     store = None
     if resume and not sweeping:
