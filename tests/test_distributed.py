@@ -225,8 +225,9 @@ def _run_processes(commands, envs):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, f"exit {p.returncode}\n{out}\n{err[-3000:]}"
+    failed = [f"process {i}: exit {p.returncode}\n{out}\n{err[-2000:]}"
+              for i, (p, (out, err)) in enumerate(zip(procs, outs)) if p.returncode != 0]
+    assert not failed, "\n".join(failed)
     return outs
 
 
