@@ -257,14 +257,8 @@ def _two_process_run(trained, workdirs, devices, by_flags):
     return _run_processes(commands, envs)
 
 
-# signgd_jax.commands.train.checkpoint.abstract_like places the restore targets on
-# jax.devices()[0], which is process 0's device: process 1 cannot restore the checkpoint
-# ("If the Array has no addressable shards, `dtype` must be provided"). With
-# jax.local_devices()[0] there (the same device in a single process) this test passes
-# (measured: 13 passed in 90 s on 2 busy cores); then remove this mark (strict: it fails
-# as soon as the test passes).
-@pytest.mark.xfail(strict=True, reason="train.checkpoint.abstract_like restores onto jax.devices()[0], "
-                   "not addressable from process 1; needs jax.local_devices()[0]")
+# each process restores the trained checkpoint onto its own first device
+# (train.checkpoint.abstract_like uses jax.local_devices()[0]; jax.devices()[0] is process 0's)
 def test_two_processes_write_the_single_process_results(workdir, capsys, monkeypatch):
     import signgd_jax.commands.evaluate.core as core
     from signgd_jax.commands.evaluate.cli import main

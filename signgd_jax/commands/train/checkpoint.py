@@ -62,7 +62,7 @@ def save(mgr: ocp.CheckpointManager, step: int, variables, train_state, meta: di
 
 def abstract_like(tree):
     """ShapeDtypeStructs placed on the default device, as restore targets."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
