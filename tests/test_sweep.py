@@ -76,11 +76,17 @@ def test_chunked_grid_equals_the_whole_grid(paper):
     snn, x, y = paper
     whole, whole_logits = sweep(snn, [x], y, eta0=ETA0, gamma=GAMMA, timesteps=TIMESTEPS, return_logits=True,
                                 chunk_size=6)
-    for chunk in (1, 4):  # 4 leaves a last chunk of 2 grid points, padded to 4
+    for chunk in (1, 4):  # 4: two equal chunks of 3
         acc, logits = sweep(snn, [x], y, eta0=ETA0, gamma=GAMMA, timesteps=TIMESTEPS, return_logits=True,
                             chunk_size=chunk)
         np.testing.assert_array_equal(acc, whole)
         np.testing.assert_allclose(logits, whole_logits, rtol=0, atol=1e-6)
+    # 5 points in chunks of 2: the last chunk repeats its last point, which is counted once
+    five = [0.1, 0.12, 0.15, 0.2, 0.25]
+    acc5 = sweep(snn, [x], y, eta0=five, gamma=[0.95], timesteps=TIMESTEPS, chunk_size=2)
+    np.testing.assert_array_equal(acc5, sweep(snn, [x], y, eta0=five, gamma=[0.95], timesteps=TIMESTEPS,
+                                              chunk_size=5))
+    np.testing.assert_array_equal(acc5[[0, 2, 4], 0], whole[:, 1])  # the points shared with the 6-point grid
     # a memory limit that holds one grid point's state only: chunks of 1, same grid
     one_point = grid_point_bytes(snn, x)
     assert grid_chunk_size(snn, x, 6, memory_bytes=one_point * 4) == 1
