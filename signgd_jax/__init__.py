@@ -14,4 +14,4 @@ from signgd_jax.sweep import sweep
 from signgd_jax.types import SNN, Site
 
 __all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Site", "Schedule", "make_schedule",
-           "UnsupportedOperation", "MODES"]
+           "UnsupportedOperation", "MODES", "sweep", "layer_errors", "plot_layer_errors"]
