@@ -62,10 +62,6 @@ def test_train_help_shows_every_default():
     assert default_problems(train_parser()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="signgd_jax/commands/evaluate/cli.py is another helper's file "
-                   "(issue 15 item 5): several options do not end their help with '(default: VALUE)', "
-                   "'(required)', '(default: off)' for flags; default_problems(convert_parser()) lists "
-                   "them. Remove this mark once it is empty.")
 def test_convert_help_shows_every_default():
     assert default_problems(convert_parser()) == []
 
