@@ -16,14 +16,13 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 import signgd_jax
 from signgd_jax import data, metrics
 from signgd_jax.convert import MODES, as_apply_fn
 from signgd_jax.dynamics import CODECS
 from signgd_jax.simulate import check_timesteps
-from signgd_jax.commands.common import one_line
+from signgd_jax.commands.common import one_line, progress_bar
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
 
@@ -151,11 +150,6 @@ def machine_info() -> dict:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
-
-
 def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: int, desc: str, progress: bool,
                update: Callable, dp: DataParallel) -> tuple[dict, int]:
     """Folds ``update(sums, batch_index, images, labels, n_real) -> sums`` over the padded test
@@ -164,8 +158,7 @@ def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: i
     done, sums = store.load(name) if store else (0, {})
     n = len(test_ds)
     completed = done
-    with _progress(n, desc, progress) as bar:
-        bar.update(min(done * batch_size, n))
+    with progress_bar(n, desc, "img", progress, initial=min(done * batch_size, n)) as bar:
         try:
             for i, (images, labels, k) in enumerate(dp.padded_batches(test_ds, batch_size, first=done), start=done):
                 sums = update(sums, i, images, labels, k)
