@@ -1,5 +1,35 @@
-"""Shared fixtures: one offline-prepared mnist5k for the whole session."""
+"""Shared fixtures (one offline-prepared mnist5k for the whole session) and the slow checks.
+
+The README's test command runs everything except the tests listed in ``SLOW`` (under 15 minutes
+on 2 CPU cores); ``pytest tests -m slow`` runs those: end-to-end runs of whole commands and
+notebooks, multi-process and multi-device evaluations, every zoo model converted and simulated,
+and every published checkpoint layout against its publisher's logits. Each listed check has a
+faster counterpart in the default run.
+"""
 import pytest
+
+SLOW = (
+    "tests/test_notebooks.py::test_notebook_executes[quickstart.ipynb]",
+    "tests/test_distributed.py::test_two_processes_write_the_single_process_results",
+    "tests/test_zoo_conversion.py::",
+    "tests/test_cli_pretrained.py::test_two_devices_give_the_same_numbers",
+    "tests/test_faults.py::test_a_second_convert_on_a_busy_workdir_stops_and_the_first_is_unharmed",
+    "tests/test_train.py::test_stopped_run_resumes_where_it_stopped",
+    "tests/test_cli_convert.py::test_four_devices_give_the_same_table",
+    "tests/test_checkpoints.py::test_published_logits[timm_convnext_small]",
+    "tests/test_checkpoints.py::test_published_logits[torchvision_convnext_small]",
+    "tests/test_checkpoints.py::test_published_logits[torchvision_vgg16_bn]",
+    "tests/test_checkpoints.py::test_published_logits[timm_resmlp_big_24_224]",
+    "tests/test_benchmark.py::",
+    "tests/test_sweep.py::test_four_devices_give_the_same_grid",
+    "tests/test_regularize.py::test_penalty_equals_hand_computed_value_and_trains",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.nodeid.startswith(prefix) for prefix in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
