@@ -1,4 +1,4 @@
-"""Neuron-level checks against the equations of DESIGN.md section 1."""
+"""Neuron-level checks against the equations of docs/design.md ("The dynamics")."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +43,7 @@ def test_float_codec_reaches_c_t_times_image():
     for t, eta in enumerate(etas, start=1):
         emitted, f = dynamics.encode("float", f, image, eta)
         np.testing.assert_allclose(f, c[t - 1] * np.asarray(image), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(c[[7, 31, 63]], [0.661, 0.921, 0.951], atol=5e-4)  # DESIGN 1b's figures
+    np.testing.assert_allclose(c[[7, 31, 63]], [0.661, 0.921, 0.951], atol=5e-4)  # docs/design.md's figures
 
 
 AFFINE_W = np.array([[1.0, -2.0], [0.5, 0.25], [3.0, 1.0]], np.float32)

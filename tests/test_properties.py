@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the signGD dynamics against DESIGN.md section 1.
+"""Property-based tests (hypothesis) of the signGD dynamics against docs/design.md ("The dynamics").
 
 (a) Tracking bound. With a fixed target ``p`` and ``S_t = eta_1 + ... + eta_t``, an output estimate
     starting at ``v_0 = 0`` moves monotonically towards ``p`` until it first reaches it, so
@@ -10,7 +10,7 @@
 (c) ``simulate`` equals a literal, step-by-step numpy implementation of section 1 (codec,
     ``x_t``, ``spike_t``, ``v_t``, decoder; the probe pass for ``A(1)``, ``A(0)``; ReLU scaling;
     improved mode's ``o + r v``; the integrate-and-fire baseline) written out below in float64.
-    Float32 rounding can flip a spike at a near-tie (DESIGN 1b), after which the runs follow
+    Float32 rounding can flip a spike at a near-tie (docs/design.md), after which the runs follow
     different spike trains; the literal run therefore records the first step at which any
     decision was within ``TIE_MARGIN`` of a tie, and the comparison covers the steps before it.
 
@@ -46,7 +46,7 @@ def site_field(snn, name: str, field: str):
 
 # ----------------------------------------------------------------------------- the equations
 def phi(kind, *xs, slope=SLOPE):
-    """The neuron's target in float64: the function of DESIGN 1 (GELU as x*sigmoid(1.702x))."""
+    """The neuron's target in float64: the function of docs/design.md (GELU as x*sigmoid(1.702x))."""
     x = xs[0]
     return {
         "relu": lambda: np.maximum(x, 0.0),
@@ -63,7 +63,7 @@ def phi(kind, *xs, slope=SLOPE):
 
 
 def decide(kind, value, xs):
-    """``spike_t`` and the distance from a tie, for an output estimate ``value`` (DESIGN 1, 1b)."""
+    """``spike_t`` and the distance from a tie, for an output estimate ``value`` (docs/design.md)."""
     if kind in UNARY:
         goal = phi(kind, xs[0])
         diff = value - goal
@@ -350,7 +350,7 @@ def literal_representation(forward, params, images, mode):
 
 
 def literal_probe(forward, params, sample, sites, mode, level):
-    """DESIGN 1's probe pass: the network input and every neuron output at ``level``; returns
+    """The probe pass of docs/design.md: the network input and every neuron output at ``level``; returns
     each neuron's recorded inputs (``A(level)``) and the logits."""
     recorded = []
 
@@ -370,7 +370,7 @@ TIE_MARGIN = 1e-4
 
 
 def literal_simulation(forward, params, images, mode, codec, etas):
-    """DESIGN.md section 1 written out step by step in float64. Returns the logits ``y_t`` for
+    """docs/design.md ("The dynamics") written out step by step in float64. Returns the logits ``y_t`` for
     t = 1..T, the spike counts per site (summed over batch and steps) and the first step at
     which any spike decision was within ``TIE_MARGIN`` of a tie (``T + 1`` if none)."""
     params = {k: v.astype(np.float64) for k, v in params.items()}
@@ -462,7 +462,7 @@ def run_case(case):
         etas = exponential_steps(case["eta0"], case["gamma"], num_steps)
     expected, expected_counts, first_tie = literal_simulation(NETS[case["net"]](case["kind"]), params, images,
                                                               case["mode"], case["codec"], etas)
-    # DESIGN 1b: the same equations up to float32 rounding until a near-tie may flip a spike
+    # docs/design.md: the same equations up to float32 rounding until a near-tie may flip a spike
     assume(first_tie > 2)
     snn = sg.convert(model_of(case["net"], case["kind"]), params, [images], dynamics=case["mode"],
                      codec=case["codec"], eta0=case["eta0"], gamma=case["gamma"])
