@@ -1,7 +1,7 @@
 """How far the neuron targets of pretrained-layout models lie outside paper mode's reach.
 
 A paper-mode output estimate starts at 0 and moves at most ``sum(eta_t) = eta0 / (1 - gamma) = 3``
-(DESIGN 1b). Only ReLUs are rescaled by calibration, so a GELU, LayerNorm (its square and
+(docs/design.md). Only ReLUs are rescaled by calibration, so a GELU, LayerNorm (its square and
 ``x1/sqrt(x2)`` neurons) or max-pool neuron whose target ``|phi| > 3`` saturates. This script
 loads every zoo fixture (tests/fixtures/zoo: the publishers' checkpoint layouts) with its
 deterministic stand-in weights through ``models.from_arrays``, runs the two fixture images, and
