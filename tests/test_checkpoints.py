@@ -308,6 +308,6 @@ def test_loaded_resnet18_converts_and_simulates(resnet18_arrays, images):
 
         tracked = np.asarray(interpret.evaluate(snn.apply_fn, snn.variables, x, rescaled))
         assert_close(tracked, ann, f"converted resnet18 ({mode})")
-        out = np.asarray(sg.simulate(snn, x, timestamps=(1, 2)))
+        out = np.asarray(sg.simulate(snn, x, timesteps=(1, 2)))
         assert out.shape == (2, 1, 1000) and np.isfinite(out).all()
         assert not np.array_equal(out[0], out[1])
