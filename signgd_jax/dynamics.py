@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from signgd_jax import kinds
 from signgd_jax.interpret import UnsupportedOperation
-from signgd_jax.codecs import CODECS, ENCODERS, EXACT_ENCODERS, check_codec, encode  # noqa: F401
+from signgd_jax.codecs import CODECS, check_codec, encode  # noqa: F401 (CODECS, check_codec re-exported)
 from signgd_jax.schedules import Schedule, make_schedule, subgradient_step_sizes  # noqa: F401
 from signgd_jax.types import Site
 
@@ -165,10 +165,8 @@ class Statistics(NamedTuple):
 
 # ----------------------------------------------------------------------------- modes
 def _signgd_input(codec: str, exact: bool):
-    encoder = (EXACT_ENCODERS if exact else ENCODERS)[codec]
-
     def network_input(f, images, eta, key):
-        _, estimate = encoder(f, images, eta, key)
+        _, estimate = encode(codec, f, images, eta, key, exact)
         return estimate, estimate
 
     return network_input
