@@ -23,6 +23,7 @@ SLOW = (
     "tests/test_benchmark.py::",
     "tests/test_sweep.py::test_four_devices_give_the_same_grid",
     "tests/test_regularize.py::test_penalty_equals_hand_computed_value_and_trains",
+    "tests/test_vit.py::test_vit_b16_converts_and_simulates_224x224_images",
 )
 
 

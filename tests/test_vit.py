@@ -72,6 +72,50 @@ def test_vit_b16_loads_torchvision_weights_within_tolerance(tmp_path, torchvisio
     assert float(np.abs(logits - reference).max()) <= tolerance
 
 
+def first_step_logits(snn, variables, counts):
+    """The logits after t = 1 from the last LayerNorm site's spikes (one image, float64).
+
+    Improved mode (docs/design.md): a neuron starts at its calibrated mean, ``u_0 = o``, and
+    moves one step, ``u_1 = o - eta_1 r (2 s_1 - 1)``; the class token's row of ``u_1`` is
+    then scaled and shifted by the final LayerNorm's ``scale``, ``bias`` and mapped by the head.
+    """
+    name = max(n for n, s in snn.sites.items() if s.kind == "layer_norm")
+    site = snn.sites[name]
+    (eta_1,) = np.asarray(snn.schedule.step_sizes(1), np.float64)
+    spikes = np.asarray(counts[name], np.float64)[0]  # the class token's row
+    assert set(np.unique(spikes)) <= {0.0, 1.0}
+    o, r = (np.asarray(a, np.float64)[0, 0] for a in (site.out_offset, site.out_scale))
+    u = o - eta_1 * r * (2 * spikes - 1)
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables["params"])
+    return (u * p["norm"]["scale"] + p["norm"]["bias"]) @ p["head"]["kernel"] + p["head"]["bias"]
+
+
+def check_first_step(snn, variables, image):
+    """One image, T = 1: the logits ``simulate`` returns are :func:`first_step_logits`."""
+    logits, counts = sg.simulate(snn, image, (1,), return_spike_counts=True)
+    expected = first_step_logits(snn, variables, counts)
+    np.testing.assert_allclose(np.asarray(logits[0, 0], np.float64), expected,
+                               rtol=1e-4, atol=1e-5 * float(np.abs(expected).max()))
+    return np.asarray(logits[0])
+
+
+def test_vit_b16_converts_and_simulates_224x224_images(tmp_path, torchvision_keys):
+    """ViT-B/16 with torchvision-layout weights, converted in improved mode on two 224x224
+    images and simulated on them: finite logits of the ANN's shape, the first step exactly as
+    the neuron equations say, T = 8 ten times closer to the ANN than T = 1 (slow: ~30-40 s)."""
+    path = tmp_path / "vit_b_16.safetensors"
+    save_file({name: stand_in(name, shape) for name, shape, _ in torchvision_keys}, str(path))
+    model, variables, _ = models.from_checkpoint(str(path), "vit_b16")
+    images = jnp.asarray(stand_in_images())
+    snn = sg.convert(model, variables, [images], "improved")
+    ann = np.asarray(jax.jit(model.apply)(variables, images))
+    out = np.asarray(sg.simulate(snn, images, (1, 2, 8)))
+    assert out.shape == (3, 2, 1000) and np.isfinite(out).all()
+    errors = [float(np.abs(o - ann).max()) for o in out]
+    assert errors[-1] < errors[0] / 10, errors
+    np.testing.assert_allclose(check_first_step(snn, variables, images[:1]), out[0, :1], rtol=1e-5, atol=1e-6)
+
+
 def test_torchvision_mismatch_names_the_key(torchvision_keys):
     arrays = {name: np.zeros(shape, np.float32) for name, shape, _ in torchvision_keys[:4]}
     with pytest.raises(CheckpointMismatch, match="not a vit_b16 checkpoint"):
@@ -104,6 +148,7 @@ def test_vit_mini_converts_in_improved_mode_and_approaches_its_ann():
     errors = [float(jnp.abs(o - ann).max()) for o in out]
     assert errors[1] < errors[0] / 10, errors
     assert errors[1] <= 1e-3 * float(jnp.abs(ann).max()), errors
+    check_first_step(snn, variables, x[:1])  # what the ViT-B/16 check (slow) also checks
     with pytest.raises(sg.interpret.UnsupportedOperation, match="improved"):
         sg.convert(model, variables, [x], "paper")
 
