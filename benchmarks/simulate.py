@@ -2,7 +2,7 @@
 
     python benchmarks/simulate.py [--models convnext_mini,...] [--batch-sizes 32,128]
         [--timesteps 32,128] [--memory-timesteps 32,512] [--dynamics paper] [--dtype float32]
-        [--out benchmarks/results_cpu.json]
+        [--out benchmarks/results_cpu.json [--merge]]
 
 For every model and batch size: the jitted ANN forward time, the SNN compile time and run
 time for T steps, SNN images x time-steps per second, and the overhead ratio
@@ -17,11 +17,18 @@ both meet the same load on the machine. Peak memory is XLA's buffer assignment f
 compiled simulation (arguments + outputs + temporaries), at two values of T. Weights are
 random (speed does not depend on them); BatchNorm statistics are set to non-trivial values so
 folding is exercised.
+
+Dynamics: paper, except for the ViTs (their vector neurons convert in improved mode only);
+``--dynamics`` sets one for every model. Neuron state per image: the float elements of the
+neuron state for one image against the ANN's floating-point intermediate values (every output
+of the traced forward pass; the definition of ``scripts/vit_state_sizes.py``). ``--merge``
+replaces the named models' entries in an existing ``--out`` file and keeps the others.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -36,7 +43,12 @@ from signgd_jax import models  # noqa: E402
 from signgd_jax.cpu_forms import cpu_forward  # noqa: E402
 from signgd_jax.simulate import CPU_COMPILER_OPTIONS, compiled_simulation, initial_state  # noqa: E402
 
-SMALL = ("convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini")
+SMALL = ("convnext_mini", "mixer_mini", "resmlp_mini", "resnet_mini", "vgg_mini", "vit_mini")
+IMPROVED_ONLY = ("vit_mini", "vit_b16")  # vector neurons: paper mode refuses them
+
+
+def default_dynamics(name):
+    return "improved" if name in IMPROVED_ONLY else "paper"
 
 
 def input_shape(name):
@@ -67,6 +79,17 @@ def peak_bytes(compiled):
         return None
     return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                - getattr(mem, "alias_size_in_bytes", 0))
+
+
+def state_per_image(apply_fn, variables, snn, shape):
+    """(neuron state, ANN values) per image in float elements: the SNN's neuron state for a batch
+    of one against every floating-point output of the traced ANN forward pass."""
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    closed = jax.make_jaxpr(apply_fn)(variables, x)
+    ann = sum(math.prod(v.aval.shape) for e in closed.jaxpr.eqns for v in e.outvars
+              if jnp.issubdtype(v.aval.dtype, jnp.floating))
+    state = jax.eval_shape(lambda s, z: initial_state(s, z)["neurons"], snn, x)
+    return sum(a.size for a in jax.tree_util.tree_leaves(state)), ann
 
 
 def bench_model(name, batch_sizes, timesteps, memory_timesteps, dynamics, dtype, repeats):
@@ -119,8 +142,23 @@ def bench_model(name, batch_sizes, timesteps, memory_timesteps, dynamics, dtype,
     # the neuron states every step reads and writes once: the traffic the ANN does not have
     state = jax.eval_shape(lambda z: initial_state(snn, z)["neurons"], images)
     state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(state))
-    return dict(model=name, convert_s=convert_s, rows=rows, peak_memory_bytes=memory,
-                memory_batch=batch_sizes[-1], neuron_state_bytes=state_bytes)
+    state_elements, ann_values = state_per_image(lambda v, x: model.apply(v, x, train=False), variables, snn, shape)
+    return dict(model=name, dynamics=dynamics, convert_s=convert_s, rows=rows, peak_memory_bytes=memory,
+                memory_batch=batch_sizes[-1], neuron_state_bytes=state_bytes,
+                neuron_state_per_image=state_elements, ann_values_per_image=ann_values)
+
+
+def merged(path, report):
+    """``report``'s results in place of the same models' in the report at ``path`` (if any); each
+    merged entry keeps the command, machine and dtype it was measured with."""
+    if not os.path.exists(path):
+        return report
+    with open(path) as f:
+        old = json.load(f)
+    new = {r["model"]: dict(r, command=report["command"], machine=report["machine"], dtype=report["dtype"])
+           for r in report["results"]}
+    results = [new.pop(r["model"]) if r["model"] in new else r for r in old["results"]]
+    return dict(old, results=results + list(new.values()))
 
 
 def machine():
@@ -139,15 +177,16 @@ def main(argv=None):
     parser.add_argument("--batch-sizes", type=ints, default=(32, 128))
     parser.add_argument("--timesteps", type=ints, default=(32, 128))
     parser.add_argument("--memory-timesteps", type=ints, default=(32, 512))
-    parser.add_argument("--dynamics", default="paper")
+    parser.add_argument("--dynamics", default=None, help="default: paper, improved for the ViTs")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--merge", action="store_true", help="keep --out's entries for other models")
     args = parser.parse_args(argv)
     results = []
     for name in args.models.split(","):
         results.append(bench_model(name, args.batch_sizes, args.timesteps, args.memory_timesteps,
-                                   args.dynamics, args.dtype, args.repeats))
+                                   args.dynamics or default_dynamics(name), args.dtype, args.repeats))
         mem = results[-1]["peak_memory_bytes"]
         values = [v for v in mem.values() if v]
         if len(values) >= 2:
@@ -155,8 +194,17 @@ def main(argv=None):
                   + ", ".join(f"T={t}: {v / 2**20:.1f} MiB" for t, v in mem.items())
                   + f"  ratio {values[-1] / values[0]:.3f}; neuron state "
                   f"{results[-1]['neuron_state_bytes'] / 2**20:.1f} MiB", flush=True)
-    report = dict(command="python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-                  machine=machine(), dynamics=args.dynamics, dtype=args.dtype, results=results)
+        r = results[-1]
+        print(f"{name:>16} per image: neuron state {r['neuron_state_per_image']:,} floats, ANN values "
+              f"{r['ann_values_per_image']:,} ({r['neuron_state_per_image'] / r['ann_values_per_image']:.2f}x)",
+              flush=True)
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    report = dict(command=command, machine=machine(), dynamics=args.dynamics or "paper; improved for the ViTs",
+                  dtype=args.dtype, results=results)
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        report = merged(args.out, report)
     if args.out:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
