@@ -183,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     parser.add_argument("--merge", action="store_true", help="keep --out's entries for other models")
     args = parser.parse_args(argv)
+    if args.merge and not args.out:
+        parser.error("--merge needs --out")
     results = []
     for name in args.models.split(","):
         results.append(bench_model(name, args.batch_sizes, args.timesteps, args.memory_timesteps,
@@ -202,8 +204,6 @@ def main(argv=None):
     report = dict(command=command, machine=machine(), dynamics=args.dynamics or "paper; improved for the ViTs",
                   dtype=args.dtype, results=results)
     if args.merge:
-        if not args.out:
-            parser.error("--merge needs --out")
         report = merged(args.out, report)
     if args.out:
         tmp = args.out + ".tmp"
