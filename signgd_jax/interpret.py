@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
+from signgd_jax import batch_axes as batch
 from signgd_jax import recognize
 from signgd_jax.kinds import get as get_kind
 from signgd_jax.nn import SITE_KINDS, ann_op, site_p
@@ -122,14 +123,16 @@ class Op:
     """One operation of a flattened program.
 
     ``eqn``: the jaxpr equation it evaluates, or None for an operation made by unrolling
-    (``fn``, always linear: taking one loop iteration's slice, stacking the outputs).
-    ``ins``: references (hashable) or ``Literal``; ``outs``: references.
+    (``fn``, always linear, named by ``tag``: ``take`` one loop iteration's slice, ``stack`` the
+    outputs, ``zeros`` for an empty loop's). ``ins``: references (hashable) or ``Literal``;
+    ``outs``: references.
     """
 
     eqn: Any
     ins: tuple
     outs: tuple
     fn: Callable | None = None
+    tag: str = ""
 
     @property
     def name(self) -> str:
@@ -200,7 +203,7 @@ def _unroll_scan(program: Program, eqn, ins, fresh) -> list:
         x_i = []
         for x in xs:
             out = ("scan", next(fresh))
-            program.ops.append(Op(None, (x,), (out,), fn=lambda v, i=i: [_take(i, v)]))
+            program.ops.append(Op(None, (x,), (out,), fn=lambda v, i=i: [_take(i, v)], tag="take"))
             x_i.append(out)
         outs = _flatten_into(program, body.jaxpr, body.consts, [*consts, *carry, *x_i], fresh)
         carry, ys[i] = list(outs[:n_carry]), outs[n_carry:]
@@ -208,10 +211,11 @@ def _unroll_scan(program: Program, eqn, ins, fresh) -> list:
     for j, var in enumerate(eqn.outvars[n_carry:]):
         out = ("scan", next(fresh))
         if length:
-            program.ops.append(Op(None, tuple(ys[i][j] for i in range(length)), (out,), fn=lambda *v: [_stack(*v)]))
+            program.ops.append(Op(None, tuple(ys[i][j] for i in range(length)), (out,),
+                                  fn=lambda *v: [_stack(*v)], tag="stack"))
         else:
             aval = var.aval
-            program.ops.append(Op(None, (), (out,), fn=lambda a=aval: [jnp.zeros(a.shape, a.dtype)]))
+            program.ops.append(Op(None, (), (out,), fn=lambda a=aval: [jnp.zeros(a.shape, a.dtype)], tag="zeros"))
         stacked.append(out)
     return [*carry, *stacked]
 
@@ -268,10 +272,11 @@ def _abstract(value):
     return jax.ShapeDtypeStruct(np.shape(value), jnp.result_type(value))
 
 
-def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_avals):
-    """Evaluates ``fn`` (written with ``signgd_jax.nn``) through this interpreter."""
+def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_avals, axes):
+    """Evaluates ``fn`` (written with ``signgd_jax.nn``) through this interpreter; ``axes``: the
+    batch axes of ``values``."""
     closed = jax.make_jaxpr(fn)(*[_abstract(v) for v in values])
-    outs, out_dyn = run(closed, list(values), list(dyn), on_site, counter, affine_rule, strict)
+    outs, out_dyn = run(closed, list(values), list(dyn), on_site, counter, affine_rule, strict, batch_axes=axes)
     fixed = []
     for out, aval in zip(outs, out_avals):
         out = jnp.asarray(out)
@@ -283,7 +288,7 @@ def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_
 
 def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: Callable,
         counter: list | None = None, affine_rule: Callable | None = None, strict: bool = True,
-        recognize_ops: bool | None = None):
+        recognize_ops: bool | None = None, batch_axes: Sequence | None = None):
     """Evaluates ``closed`` on ``args``; returns ``(outputs, output_is_dynamic)``.
 
     ``counter`` numbers the sites in evaluation order, which is the same for every trace of
@@ -294,6 +299,10 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
     are instead of raising (for training-time passes, e.g. BatchNorm in training mode).
     ``recognize_ops`` (default: ``strict``) turns standard operations into sites
     (:mod:`signgd_jax.recognize`); without it only ``signgd_jax.nn`` sites and ``max(x, 0)`` are.
+    ``batch_axes``: the axis of each argument holding the image batch (default: 0 for the
+    dynamic ones); every site is called with the batch first in its inputs and output
+    (:mod:`signgd_jax.batch_axes`), and, when ``strict``, a site that would mix the samples of a
+    batch, or whose input's batch axis cannot be followed, is refused.
     """
     counter = [0] if counter is None else counter
     recognize_ops = strict if recognize_ops is None else recognize_ops
@@ -303,6 +312,9 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
         for op in program.ops:
             if op.name in _REFUSED_CONTROL and any(flags.get(r, False) for r in op.ins if not isinstance(r, Literal)):
                 _refuse(op)
+    if batch_axes is None:
+        batch_axes = [(0 if np.ndim(a) else batch.Lost("a scalar input")) if d else None for a, d in zip(args, dynamic)]
+    axes = batch.propagate(program, batch_axes)
     plan = recognize.plan(program, flags) if recognize_ops else recognize.Plan()
     env = dict(program.consts)
     env_dyn = {r: False for r in program.consts}
@@ -314,6 +326,9 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
             return r.val, False
         return env[r], env_dyn[r]
 
+    def axes_of(refs):
+        return [None if isinstance(r, Literal) else axes.get(r) for r in refs]
+
     for position, op in enumerate(program.ops):
         if position in plan.skip:
             continue
@@ -321,7 +336,8 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
             sub = plan.substitutes[position]
             sub_values, sub_dyn = zip(*[read(r) for r in sub.ins])
             avals = [v.aval for v in op.eqn.outvars]
-            outs, out_dyn = _run_substitute(sub.fn, sub_values, sub_dyn, on_site, counter, affine_rule, strict, avals)
+            outs, out_dyn = _run_substitute(sub.fn, sub_values, sub_dyn, on_site, counter, affine_rule, strict, avals,
+                                            axes_of(sub.ins))
             for r, out, d in zip(op.outs, outs, out_dyn):
                 env[r], env_dyn[r] = out, d
             continue
@@ -335,14 +351,16 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
             index = counter[0]
             counter[0] += 1
             kind, options = op.eqn.params["kind"], dict(op.eqn.params["options"])
+            options, values, out_axis = _batch_first(op, kind, options, values, axes_of(op.ins), strict)
             check = get_kind(kind).check
             problem = check(options, [np.shape(v) for v in values]) if check is not None and strict else None
             if problem:
                 raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}")
-            outs, out_dyn = [on_site(index, kind, options, list(values))], True
+            out = on_site(index, kind, options, list(values))
+            outs, out_dyn = [out if not out_axis else jnp.moveaxis(out, 0, out_axis)], True
         elif (rule := recognize.elementary(op, values, dyn, recognize_ops)) is not None:
             avals = [v.aval for v in op.eqn.outvars]
-            outs, _ = _run_substitute(rule, values, dyn, on_site, counter, affine_rule, strict, avals)
+            outs, _ = _run_substitute(rule, values, dyn, on_site, counter, affine_rule, strict, avals, axes_of(op.ins))
             out_dyn = True
         elif _affine_ok(name, dyn):
             outs = affine_rule(op.eqn, values, dyn) if affine_rule else None
@@ -357,6 +375,25 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
 
     results = [read(r) for r in program.outvars]
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def _batch_first(op, kind, options, values, axes, strict):
+    """The site's options and inputs with the batch first, and where its output holds the batch
+    (:func:`signgd_jax.batch_axes.site_layout`); unchanged when not ``strict`` and the layout
+    is unknown or mixes samples (training-time passes)."""
+    lost = next((a for a in axes if isinstance(a, batch.Lost)), None)
+    try:
+        if lost is not None:
+            raise ValueError(f"the batch axis of its input cannot be followed past '{lost.name}'"
+                             f"{describe(lost.eqn)} (the batch was reduced, contracted, sliced or merged "
+                             "with another axis)")
+        options, moves, out_axis = batch.site_layout(kind, options, axes, [np.ndim(v) for v in values])
+    except ValueError as problem:
+        if strict:
+            raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}") from None
+        return options, values, 0
+    values = [v if not m else jnp.moveaxis(v, m, 0) for v, m in zip(values, moves)]
+    return options, values, out_axis
 
 
 def ann_site(index: int, kind: str, options: dict, inputs: Sequence):

@@ -26,11 +26,13 @@ sizes as every other neuron, so their state is the size of the ANN's activation.
   ``"bqhd,bkhd->bhqk"``): ``phi(x1, x2) = einsum(subscripts, x1, x2)``, the contraction of two
   activations (attention scores ``q k^T``, attention-weighted values ``a v``). Its two inputs keep
   their own shapes (``own_shapes``: never broadcast to one shape); the first subscript letter
-  is the batch axis, shared by both operands and the output (checked by the interpreter: a
-  contraction mixing the samples of a batch is refused). Strict tie rule; range unbounded,
-  calibrated per output position in improved mode. The reference implementation instead makes
-  one product neuron per (row, column, contracted index) and sums them: that state is
-  ``rows x columns x contracted`` per head, which this neuron avoids.
+  is the batch axis, shared by both operands and the output: the interpreter moves the batch
+  letter there when a program holds the batch elsewhere (``batch_first``;
+  ``jax.nn.dot_product_attention`` does) and refuses a contraction mixing the samples of a
+  batch. Strict tie rule; range unbounded, calibrated per output position in improved mode.
+  The reference implementation instead makes one product neuron per (row, column, contracted
+  index) and sums them: that state is ``rows x columns x contracted`` per head, which this
+  neuron avoids.
 * ``layer_norm`` (options ``axis`` (negative axes), ``epsilon``):
   ``phi(x) = (x - mean(x)) / sqrt(var(x) + eps)`` over ``axis``, LayerNorm's normalised vector
   (scale and shift are affine and stay outside). One state per element, where the elementwise
@@ -72,6 +74,10 @@ class Kind:
     own_shapes: bool = False  # inputs keep their own shapes (else broadcast to one shape)
     batched_options: Callable | None = None  # options -> options for inputs with a new leading axis
     check: Callable | None = None  # (options, input shapes) -> error text or None
+    # (options, batch axis per input (None: static), input ndims) -> (options for inputs with
+    # the batch moved to the front, axis to move per input, output batch axis); None: the
+    # inputs share one shape and the output is shaped like them (signgd_jax.batch_axes)
+    batch_first: Callable | None = None
 
     def above(self, value, inputs, options: dict):
         """``H(v - phi(x))`` as a boolean array, ``value`` in the units of ``phi``."""
@@ -138,6 +144,40 @@ def _bilinear_batched(options: dict) -> dict:
     return {**options, "subscripts": f"{fresh}{left},{fresh}{right}->{fresh}{output}"}
 
 
+def _axis_batch_first(options: dict, axes, ndims):
+    """softmax / layer_norm on an input holding the batch at ``axes[0]``: the negative ``axis``
+    once the batch is moved to the front (axes before it shift by one); the output keeps the
+    input's layout. Normalising along the batch would mix samples: a ValueError."""
+    (a,), (n,) = axes, ndims
+    if a is None:
+        return options, [None], None
+    if a in [k + n for k in options["axis"]]:
+        raise ValueError(f"it normalises along axis {a}, which holds the batch: it would mix the samples of a batch")
+    return {**options, "axis": tuple(sorted(k + 1 if k + n < a else k for k in options["axis"]))}, [a], a
+
+
+def _bilinear_batch_first(options: dict, axes, ndims):
+    """Bilinear subscripts with the batch letter (the one at each dynamic operand's batch axis)
+    moved to the front of each operand holding it and of the output. Different letters, or a
+    batch letter summed over, would mix samples: a ValueError."""
+    operands, output = options["subscripts"].split("->")
+    terms = operands.split(",")
+    letters = {t[a] for t, a in zip(terms, axes) if a is not None}
+    if len(letters) != 1:
+        raise ValueError(f"the bilinear site {options['subscripts']!r} pairs the batch axis of one operand with "
+                         "another axis of the other: it would mix the samples of a batch")
+    (c,) = letters
+    if output.count(c) != 1 or any(t.count(c) > 1 for t in terms):
+        raise ValueError(f"the bilinear site {options['subscripts']!r} sums over or repeats the batch axis: "
+                         "it would mix the samples of a batch")
+
+    def first(t):
+        return c + t.replace(c, "") if c in t else t
+
+    moved = f"{first(terms[0])},{first(terms[1])}->{first(output)}"
+    return {**options, "subscripts": moved}, [t.index(c) if c in t else None for t in terms], output.index(c)
+
+
 def _bilinear_check(options: dict, shapes) -> str | None:
     operands, output = options["subscripts"].split("->")
     left, right = operands.split(",")
@@ -165,10 +205,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("product", 2, jnp.multiply, jnp.multiply, False, (-_INF, _INF)),
     Kind("rsqrt_mul", 2, _rsqrt_mul, _rsqrt_mul, False, (-_INF, _INF), _rsqrt_mul_above),
     Kind("divide", 2, jnp.divide, jnp.divide, False, (-_INF, _INF), _divide_above),
-    Kind("softmax", 1, _softmax, _softmax, False, (0.0, 1.0), elementwise=False),
-    Kind("layer_norm", 1, _normalized, _normalized, False, (-_INF, _INF), elementwise=False),
+    Kind("softmax", 1, _softmax, _softmax, False, (0.0, 1.0), elementwise=False, batch_first=_axis_batch_first),
+    Kind("layer_norm", 1, _normalized, _normalized, False, (-_INF, _INF), elementwise=False,
+         batch_first=_axis_batch_first),
     Kind("bilinear", 2, _bilinear, _bilinear, False, (-_INF, _INF), elementwise=False, own_shapes=True,
-         batched_options=_bilinear_batched, check=_bilinear_check),
+         batched_options=_bilinear_batched, check=_bilinear_check, batch_first=_bilinear_batch_first),
 )}
 
 UNARY_KINDS = tuple(name for name, k in KINDS.items() if k.arity == 1)

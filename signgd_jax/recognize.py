@@ -334,15 +334,21 @@ def _kept_dims(ndim: int, axes) -> tuple:
 def _reduced_along(g: _Graph, r, axes, ndim: int, reducer: str, path: list, guards=()):
     """The operand ``x`` when ``r`` is ``reduce(x, axes)`` broadcast back to ``x``'s shape (through
     ``keepdims`` reshapes and ``broadcast_in_dim``; ``guards``: pass-through operations such as
-    ``stop_gradient`` or ``max(-inf, .)``); positions appended to ``path``. None otherwise."""
-    local = []
+    ``stop_gradient``, ``max(-inf, .)`` or one ``transpose`` of the reduced value, for
+    ``x = transpose(y)`` reduced as ``y``: ``jax.nn.dot_product_attention``); positions appended
+    to ``path``. None otherwise."""
+    local, perm = [], None
     while True:
         found = g.op(r, "broadcast_in_dim", "reshape", "expand_dims", "convert_element_type", *guards)
         if found is None:
             break
         i, op = found
         name = op.name
-        if name == "broadcast_in_dim":
+        if name == "transpose":
+            if perm is not None or len(op.eqn.params["permutation"]) != ndim - len(axes):
+                return None
+            perm, r = tuple(op.eqn.params["permutation"]), op.ins[0]
+        elif name == "broadcast_in_dim":
             operand = tuple(op.eqn.invars[0].aval.shape)
             dims = tuple(op.eqn.params["broadcast_dimensions"])
             if not (len(operand) == ndim - len(axes) and dims == _kept_dims(ndim, axes)
@@ -363,10 +369,30 @@ def _reduced_along(g: _Graph, r, axes, ndim: int, reducer: str, path: list, guar
             r = op.ins[0]
         local.append(i)
     found = g.op(r, reducer)
-    if found is None or tuple(sorted(found[1].eqn.params["axes"])) != tuple(sorted(axes)):
+    if found is None:
+        return None
+    reduced, x = tuple(sorted(found[1].eqn.params["axes"])), found[1].ins[0]
+    if perm is not None:
+        x = _transposed_source(g, x, reduced, axes, perm, ndim)
+    elif reduced != tuple(sorted(axes)):
         return None
     path += local + [found[0]]
-    return found[1].ins[0]
+    return x
+
+
+def _transposed_source(g: _Graph, y, reduced, axes, perm, ndim):
+    """``x = transpose(y, P)`` whose reduction along ``axes`` is ``transpose(reduce(y, reduced), perm)``."""
+    kept_x = [k for k in range(ndim) if k not in axes]
+    for u in g.uses.get(y, []):
+        op = g.ops[u] if u >= 0 else None
+        if op is None or op.eqn is None or op.name != "transpose":
+            continue
+        p = tuple(op.eqn.params["permutation"])
+        kept_y = [d for d in range(ndim) if d not in reduced]
+        if (len(p) == ndim and sorted(p[k] for k in axes) == list(reduced)
+                and perm == tuple(kept_y.index(p[k]) for k in kept_x)):
+            return op.outs[0]
+    return None
 
 
 def _match_softmax(g: _Graph, position: int):
@@ -390,14 +416,14 @@ def _match_softmax(g: _Graph, position: int):
     if shifted is not None:
         guard_path = [shifted[0]]
         x, shift = shifted[1].ins
-        if _reduced_along(g, shift, axes, ndim, "reduce_max", guard_path, ("stop_gradient", "max")) == x:
+        if _reduced_along(g, shift, axes, ndim, "reduce_max", guard_path, ("stop_gradient", "max", "transpose")) == x:
             if _used_inside(g, set(path) | set(guard_path) | {position}, position):
                 path += guard_path
                 z = x
     skip = set(path)
     if not _used_inside(g, skip | {position}, position):
         return None
-    negative = tuple(a - ndim for a in axes)
+    negative = tuple(int(a) - ndim for a in axes)
     return skip, Substitute((z,), functools.partial(_softmax_site, negative), "jax.nn.softmax")
 
 
