@@ -17,7 +17,9 @@ evaluate that jaxpr here, in three stages.
    value while calibrating, ones or zeros in the probe pass, a neuron's output in the SNN
    step). Values are tagged *dynamic* when they depend on the network input; a nonlinear
    operation on a dynamic value that is not a site raises :class:`UnsupportedOperation` naming
-   the primitive, the Flax module path and the user's source line.
+   the primitive, the Flax module path and the user's source line. Every site is called with
+   the image batch first in its inputs and output, wherever the program holds it
+   (:mod:`signgd_jax.batch_axes`).
 """
 from __future__ import annotations
 
