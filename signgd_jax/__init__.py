@@ -11,7 +11,8 @@ from signgd_jax.interpret import UnsupportedOperation
 from signgd_jax.schedules import Schedule, make_schedule
 from signgd_jax.simulate import simulate
 from signgd_jax.sweep import sweep
+from signgd_jax.tune import ScheduleChoice, simulate_tuned, tune_schedule
 from signgd_jax.types import SNN, Site
 
 __all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Site", "Schedule", "make_schedule",
-           "UnsupportedOperation", "MODES", "sweep", "layer_errors", "plot_layer_errors"]
+           "UnsupportedOperation", "MODES", "sweep", "layer_errors", "plot_layer_errors", "tune_schedule", "simulate_tuned", "ScheduleChoice"]

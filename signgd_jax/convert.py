@@ -88,7 +88,7 @@ def _trace(apply_fn, variables, example):
 
 
 def _calibration_statistics(run, leaves, batches):
-    """Per site: its (kind, options) and per-position max, min and mean of the ANN output."""
+    """Per site: its (kind, options) and per-position max, min, mean and mean square of the ANN output."""
     size = batches[0].shape[0]
     found = {}
 
@@ -101,7 +101,8 @@ def _calibration_statistics(run, leaves, batches):
             name = site_name(index, kind)
             found[name] = (kind, tuple(sorted(options.items())))
             w = weight.reshape((-1,) + (1,) * (out.ndim - 1)).astype(out.dtype)
-            stats[name] = (out.max(0, keepdims=True), out.min(0, keepdims=True), (out * w).sum(0, keepdims=True))
+            stats[name] = (out.max(0, keepdims=True), out.min(0, keepdims=True), (out * w).sum(0, keepdims=True),
+                           (out * out * w).sum(0, keepdims=True))
             return out
 
         run(leaves, x, on_site)
@@ -119,9 +120,9 @@ def _calibration_statistics(run, leaves, batches):
         stats = batch_stats(leaves, x, jnp.arange(size) < real)
         count += real
         total = stats if total is None else {
-            k: (jnp.maximum(total[k][0], s[0]), jnp.minimum(total[k][1], s[1]), total[k][2] + s[2])
+            k: (jnp.maximum(total[k][0], s[0]), jnp.minimum(total[k][1], s[1]), total[k][2] + s[2], total[k][3] + s[3])
             for k, s in stats.items()}
-    return found, {k: Statistics(hi, lo, sums / count) for k, (hi, lo, sums) in total.items()}
+    return found, {k: Statistics(hi, lo, sums / count, squares / count) for k, (hi, lo, sums, squares) in total.items()}
 
 
 def _probe(run, leaves, example, units, dynamics):

@@ -161,6 +161,12 @@ class Statistics(NamedTuple):
     maximum: Any
     minimum: Any
     mean: Any
+    mean_square: Any = None
+
+    @property
+    def deviation(self):
+        """The standard deviation over the calibration images (from the mean and mean square)."""
+        return jnp.sqrt(jnp.maximum(self.mean_square - jnp.square(self.mean), 0.0))
 
 
 # ----------------------------------------------------------------------------- modes
@@ -206,6 +212,11 @@ class Dynamics:
     averages_logits: bool = False
     passes_probe: Callable[[str], bool] = lambda kind: False
     kinds_text: str = ""
+
+    @property
+    def uses_schedule(self) -> bool:
+        """Whether the SNN's schedule sets this mode's step sizes (not the baseline's ``1/(t+1)``)."""
+        return not self.averages_logits
 
     def step_sizes(self, schedule: Schedule, num_steps: int):
         return subgradient_step_sizes(num_steps) if self.averages_logits else schedule.step_sizes(num_steps)

@@ -130,3 +130,35 @@ def test_diagnose_and_sweep_do_not_go_together(workdir, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--diagnose goes with an ordinary evaluation" in err and err.count("\n") == 1
+
+
+def test_schedule_auto_evaluates_each_budget_with_the_schedule_tuned_on_calibration_images(workdir, capsys):
+    import shutil
+
+    import signgd_jax as sg
+    from signgd_jax.commands.evaluate import core
+
+    out_dir = workdir.parent / "auto"
+    shutil.copytree(workdir, out_dir, ignore=shutil.ignore_patterns("*.json.tmp", "sweep*", "results.json", "*.png"))
+    argv = ["--workdir", str(out_dir), *FAST, "--timesteps", "3,8", "--dynamics", "improved,if", "--schedule", "auto"]
+    assert _main(argv) == 0
+    out = capsys.readouterr().out
+    assert "improved: schedule per T (eta0, gamma): T=3" in out
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["settings"]["schedule"] == "auto"
+    assert "schedule_per_t" not in results["dynamics"]["if"]  # fixed step sizes, evaluated as usual
+    chosen = results["dynamics"]["improved"]["schedule_per_t"]
+    # the same choice from the library on the same calibration images, and the same accuracy per T
+    model, variables, config = core.load_workdir(str(out_dir))
+    train_ds, test_ds = core.load_splits("mnist5k", config["data_dir"])
+    calib = core.calibration_batches(train_ds, 20, 2)
+    snn = sg.convert(model, variables, calib, dynamics="improved")
+    choice = sg.tune_schedule(snn, calib, (3, 8))
+    images, labels = test_ds.get(np.arange(40))
+    logits = np.asarray(sg.simulate_tuned(snn, choice, images))
+    for k, t in enumerate((3, 8)):
+        assert (chosen[str(t)]["eta0"], chosen[str(t)]["gamma"]) == choice.point(t)
+        assert results["dynamics"]["improved"]["correct"][str(t)] == int(np.sum(logits[k].argmax(-1) == labels))
+    with pytest.raises(SystemExit) as e:
+        _main([*argv, "--sweep-eta0", "0.1,0.2"])
+    assert e.value.code == 2 and "--schedule auto chooses the step sizes itself" in capsys.readouterr().err

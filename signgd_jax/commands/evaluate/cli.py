@@ -11,7 +11,8 @@ progress and the results. Calibration: ``--calibration-batches`` (default 100, a
 schedule instead of one schedule (:func:`signgd_jax.sweep`), written to DIR/sweep.json and one
 heatmap per dynamics and T (DIR/sweep_<dynamics>_T<t>.png). ``--diagnose``: each site's error
 against the ANN per time-step (:func:`signgd_jax.diagnose.layer_errors`) into results.json and
-DIR/layer_errors.png.
+DIR/layer_errors.png. ``--schedule auto``: each T simulated with its own exponential schedule,
+chosen on calibration images (:func:`signgd_jax.tune_schedule`), recorded in results.json.
 
 Exit status: 0 done; 2 bad input (unknown dataset / dynamics / codec, bad time-steps, missing,
 corrupt or mismatched checkpoint, dataset not prepared, NaN or Inf images, workdir in use by
@@ -73,6 +74,9 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "(default: all test images)")
     a("--codec", default="float", help="input codec of the signGD modes: float, spike or stochastic "
       "(default: %(default)s)")
+    a("--schedule", choices=("exponential", "auto"), default="exponential", help="step sizes of the signGD "
+      "modes: exponential uses --eta0 and --gamma for every T; auto picks for each T the exponential schedule "
+      "that agrees best with the ANN on 256 calibration images (default: %(default)s)")
     a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default: 0.15)")
     a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default: 0.95)")
     a("--dtype", default="float32", help="simulation precision: float32 or bfloat16 (default: %(default)s)")
@@ -100,6 +104,8 @@ def _targets(args, p) -> tuple[str, bool]:
             p.error("--source goes with --weights")
     if args.diagnose and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
         p.error("--diagnose goes with an ordinary evaluation, not with --sweep-eta0/--sweep-gamma")
+    if args.schedule == "auto" and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
+        p.error("--schedule auto chooses the step sizes itself; a sweep goes with --schedule exponential")
     return args.workdir or f"convert_{args.model}", pretrained
 
 
@@ -119,7 +125,7 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
         common = dict(
             dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
             batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
-            codec=args.codec, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
+            codec=args.codec, schedule=args.schedule, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
             progress=args.progress and processes.is_writer, log=lambda m: print(m, flush=True),
             sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
             sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)

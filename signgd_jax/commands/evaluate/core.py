@@ -20,7 +20,7 @@ import numpy as np
 import signgd_jax
 from signgd_jax import data, metrics
 from signgd_jax.convert import MODES, as_apply_fn
-from signgd_jax.dynamics import CODECS
+from signgd_jax.dynamics import CODECS, get as get_dynamics
 from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, progress_bar
 from signgd_jax.commands.evaluate.parallel import DataParallel
@@ -226,6 +226,26 @@ def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParall
                                              key=base_key, return_spike_counts=True, dtype=dtype)
         counts = {n: np.maximum(c - dp.to_host(zero_counts[n]).astype(np.float64) * (pad_rows / batch_size), 0.0)
                   for n, c in counts.items()}
+    return correct, counts, resumed
+
+
+def evaluate_tuned(snn, choice, test_ds, batch_size: int, timesteps: tuple, dp: DataParallel, progress: bool,
+                   desc: str, **kwargs):
+    """:func:`evaluate_snn` with each T simulated under the schedule ``choice`` (a
+    :class:`signgd_jax.tune.ScheduleChoice`; None: the SNN's own schedule for every T); the spike
+    counts are those of the run that reaches ``max(timesteps)``."""
+    if choice is None:
+        return evaluate_snn(snn, test_ds, batch_size, timesteps, dp, progress, desc, **kwargs)
+    correct = np.zeros(len(timesteps), np.int64)
+    counts, resumed = {}, 0
+    for (e, g), ts in choice.groups().items():
+        c, batch_counts, r = evaluate_snn(snn.with_schedule(eta0=e, gamma=g), test_ds, batch_size, ts, dp, progress,
+                                          f"{desc} (eta0 {e:g}, gamma {g:.4f})", **kwargs)
+        for t, value in zip(ts, c):
+            correct[timesteps.index(t)] = value
+        if max(timesteps) in ts:
+            counts = batch_counts
+        resumed = max(resumed, r)
     return correct, counts, resumed
 
 
@@ -435,6 +455,9 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     timesteps, dtype, batch_size = s["timesteps"], s["dtype"], s["batch_size"]
     eta0, gamma, codec = s["eta0"], s["gamma"], s["codec"]
     sweeping = sweep_eta0 is not None or sweep_gamma is not None
+    if schedule == "auto" and jax.process_count() > 1:
+        raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
+                           "multi-process options")
     if sweeping and jax.process_count() > 1:
         raise ConvertError("a sweep runs in one process (over its local devices); start it without "
                            "multi-process options")
@@ -467,8 +490,8 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     for name in s["dynamics"]:
         t0 = time.perf_counter()
         try:
-            snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec, schedule=schedule,
-                                     eta0=eta0, gamma=gamma)
+            snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec,
+                                     schedule="exponential" if schedule == "auto" else schedule, eta0=eta0, gamma=gamma)
         except signgd_jax.UnsupportedOperation as e:
             per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
                                       spike_statistics=None, timings=None)
@@ -485,8 +508,14 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
                 continue
             swept[name]["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
             continue
-        correct, counts, resumed = evaluate_snn(snn, test_ds, eval_batch, timesteps, dp, progress, name,
-                                                dtype=dtype, store=store)
+        choice = None
+        if schedule == "auto" and get_dynamics(name).uses_schedule:
+            choice = signgd_jax.tune_schedule(snn, calib, timesteps)
+            log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
+                f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
+        t_tuned = time.perf_counter()
+        correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, eval_batch, timesteps, dp, progress, name,
+                                                  dtype=dtype, store=store)
         t2 = time.perf_counter()
         stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
         t3 = time.perf_counter()
@@ -495,9 +524,11 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
             accuracy={str(t): int(c) / n for t, c in zip(timesteps, correct)},
             correct={str(t): int(c) for t, c in zip(timesteps, correct)},
             spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
-            timings=dict(convert_s=round(t1 - t0, 3), simulate_s=round(t2 - t1, 3),
-                         statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
-                         images_per_s=round((n - min(resumed * eval_batch, n)) / max(t2 - t1, 1e-9), 2)))
+            timings=dict(convert_s=round(t1 - t0, 3), tune_s=round(t_tuned - t1, 3),
+                         simulate_s=round(t2 - t_tuned, 3), statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
+                         images_per_s=round((n - min(resumed * eval_batch, n)) / max(t2 - t_tuned, 1e-9), 2)))
+        if choice is not None:
+            per_dynamics[name]["schedule_per_t"] = choice.as_dict()
         if diagnose:
             images, _ = test_ds.get(np.arange(min(DIAGNOSE_IMAGES, n)))
             layer_errors[name] = dict(images=len(images), **layer_error_numbers(

@@ -27,6 +27,9 @@ def accuracy_table(results: dict, timesteps: Optional[Sequence[int]] = None) -> 
     for name, r in results["dynamics"].items():
         if r["supported"]:
             rows.append([name, *[percent(r["accuracy"].get(str(t))) for t in ts]])
+            if r.get("schedule_per_t"):
+                notes.append(f"{name}: schedule per T (eta0, gamma): " + ", ".join(
+                    f"T={t} ({c['eta0']:g}, {c['gamma']:.4f})" for t, c in r["schedule_per_t"].items()))
         else:
             rows.append([name, *["n/a"] * len(ts)])
             notes.append(f"n/a: {name}: {r['reason']}")

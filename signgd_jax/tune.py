@@ -1,0 +1,133 @@
+"""Step sizes chosen per time budget on calibration data (``schedule="auto"``).
+
+The exponential schedule ``eta_t = eta0 gamma**(t-1)`` trades reach against precision: a
+neuron's output can move at most ``r eta0 (1 - gamma**T) / (1 - gamma)`` from its start in T
+steps, and near its target it oscillates by about ``r eta_T``. The default (0.15, 0.95) is a
+compromise for long runs; for a given T a schedule can be much better (see
+``results/ablations.md``). :func:`tune_schedule` picks, for each T, the grid point whose SNN agrees
+best with the ANN on calibration images (the training images the SNN was calibrated on, never
+test images): most top-1 agreements, ties broken by the smaller mean squared logit error. The
+grid is simulated as one compiled ``vmap`` (:func:`signgd_jax.sweep`), so every T is scored from
+one run of ``max(timesteps)`` steps.
+
+    choice = tune_schedule(snn, calibration_images, timesteps=(8, 16, 32))
+    logits = simulate_tuned(snn, choice, test_images)     # [3, batch, classes], T=8 with its own schedule...
+
+A tuned network is still a spiking network: every neuron of it uses the same step sizes (only
+their values differ between runs of different length), so each neuron's output is still decoded
+with the schedule its receivers know.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from signgd_jax.convert import calibration_arrays
+from signgd_jax.dynamics import get as get_dynamics
+from signgd_jax.simulate import check_timesteps, simulate
+from signgd_jax.sweep import sweep
+from signgd_jax.types import SNN
+
+ETA0_GRID = (0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0)
+# the last step size as a fraction of the first, rho = eta_T / eta0 = gamma**(T-1): the grid's gamma
+# depends on T, so short runs may decay fast and long runs slowly
+DECAY_GRID = (0.03, 0.1, 0.2, 0.35, 0.6, 1.0)
+TUNING_IMAGES = 256  # calibration images scored per grid point (the first ones given)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleChoice:
+    """The exponential schedule chosen for each time budget T, with its scores on the tuning
+    images: ``agreement`` (fraction with the ANN's top-1 class) and ``logit_error`` (mean squared
+    difference to the ANN logits)."""
+
+    timesteps: tuple
+    eta0: tuple
+    gamma: tuple
+    agreement: tuple
+    logit_error: tuple
+    images: int
+
+    def point(self, timesteps: int) -> tuple[float, float]:
+        """``(eta0, gamma)`` chosen for ``timesteps``."""
+        try:
+            k = self.timesteps.index(int(timesteps))
+        except ValueError:
+            raise ValueError(f"no schedule was tuned for T={timesteps}; tuned: {list(self.timesteps)}") from None
+        return self.eta0[k], self.gamma[k]
+
+    def groups(self) -> dict:
+        """``{(eta0, gamma): (T, ...)}``: the time budgets that share a schedule."""
+        out: dict = {}
+        for t, e, g in zip(self.timesteps, self.eta0, self.gamma):
+            out.setdefault((e, g), []).append(t)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def as_dict(self) -> dict:
+        return {str(t): dict(eta0=e, gamma=g, agreement=a, logit_error=m) for t, e, g, a, m in
+                zip(self.timesteps, self.eta0, self.gamma, self.agreement, self.logit_error)}
+
+
+def _tuning_images(calibration_batches, count: int) -> np.ndarray:
+    images = np.concatenate([np.asarray(b, np.float32) for b in calibration_arrays(calibration_batches)])
+    return images[:count]
+
+
+def gamma_for(decay: float, timesteps: int) -> float:
+    """``gamma`` with ``gamma**(T-1) = decay``: the last of T step sizes is ``decay * eta0``."""
+    return float(decay) ** (1.0 / (timesteps - 1)) if timesteps > 1 else 1.0
+
+
+def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 16, 32, 64), *,
+                  eta0: Sequence[float] = ETA0_GRID, decay: Sequence[float] = DECAY_GRID,
+                  images: int = TUNING_IMAGES, devices: Optional[Sequence[jax.Device]] = None) -> ScheduleChoice:
+    """For each T of ``timesteps``, the exponential schedule of the grid ``eta0`` x ``decay``
+    (``decay = eta_T / eta0``, so ``gamma = decay**(1/(T-1))``) under which ``snn`` agrees best
+    with its ANN on the first ``images`` calibration images.
+
+    ``calibration_batches``: the forms :func:`signgd_jax.convert` takes (use the training images
+    the SNN was calibrated on; scoring on test images would overstate the accuracy). The ANN's
+    own predictions are the labels, so no labels are needed. Each T is one compiled sweep of its
+    grid over T steps.
+    """
+    if snn.schedule.kind != "exponential" or snn.schedule.fn is not None:
+        raise ValueError("schedule tuning searches the exponential schedule; this SNN has "
+                         f"{snn.schedule.kind if snn.schedule.fn is None else 'an optax schedule'!r}")
+    if not get_dynamics(snn.mode).uses_schedule:
+        raise ValueError(f"the {snn.mode!r} dynamics has fixed step sizes: nothing to tune")
+    if isinstance(images, bool) or not isinstance(images, (int, np.integer)) or images < 1:
+        raise ValueError(f"images must be a positive integer, got {images!r}")
+    decay = [float(d) for d in decay]
+    if not decay or not all(0 < d <= 1 for d in decay):
+        raise ValueError(f"decay values must lie in (0, 1], got {decay}")
+    timesteps = check_timesteps(timesteps)
+    x = _tuning_images(calibration_batches, images)
+    ann = np.asarray(jax.jit(snn.apply_fn)(snn.variables, x))
+    rows = []
+    for t in timesteps:
+        gammas = sorted({gamma_for(d, t) for d in decay})
+        accuracy, logits = sweep(snn, [(x, ann.argmax(-1))], eta0=list(eta0), gamma=gammas, timesteps=(t,),
+                                 devices=devices, return_logits=True)
+        error = np.mean(np.square(logits[:, :, 0] - ann), axis=(-2, -1)).ravel()  # [eta0 * gamma]
+        agree = accuracy[:, :, 0].ravel()
+        best = np.lexsort((error, -agree))[0]  # most agreements, then the smallest logit error
+        i, j = np.unravel_index(best, accuracy.shape[:2])
+        rows.append((float(eta0[i]), float(gammas[j]), float(agree[best]), float(error[best])))
+    e, g, a, m = zip(*rows)
+    return ScheduleChoice(timesteps=tuple(int(t) for t in timesteps), eta0=e, gamma=g, agreement=a,
+                          logit_error=m, images=len(x))
+
+
+def simulate_tuned(snn: SNN, choice: ScheduleChoice, images, **kwargs):
+    """Logits ``[len(choice.timesteps), batch, classes]``: each T simulated with its own schedule
+    (one :func:`signgd_jax.simulate` run per distinct schedule, up to the largest T it serves).
+    ``kwargs`` go to ``simulate`` (``key``, ``dtype``)."""
+    out = [None] * len(choice.timesteps)
+    for (e, g), ts in choice.groups().items():
+        logits = simulate(snn.with_schedule(eta0=e, gamma=g), images, timesteps=ts, **kwargs)
+        for t, row in zip(ts, logits):
+            out[choice.timesteps.index(t)] = row
+    return jax.numpy.stack(out)
