@@ -51,7 +51,22 @@ def initial_state(snn: SNN, images):
     return dict(codec=jnp.zeros_like(images), neurons=neurons, decoder=decoder)
 
 
-def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
+def uncorrected_inputs(site, inputs, elapsed):
+    """The inputs a neuron receives without the offset correction: ``x_t - S_t A(0)`` per input.
+
+    ``A(0)`` is ``Site.a0``, recorded in the neuron's scaled units where ``Site.in_scale`` is set
+    (paper-mode ReLU), so divided by it here; positions where it is not finite are left as they
+    are. ``elapsed`` is ``S_t = eta_1 + ... + eta_t``. See :func:`simulate`.
+    """
+    out = []
+    for z, a0 in zip(inputs, site.a0):
+        if site.in_scale is not None:
+            a0 = a0 / site.in_scale
+        out.append(z - elapsed * jnp.where(jnp.isfinite(a0), a0, 0).astype(z.dtype))
+    return out
+
+
+def step(snn: SNN, state, images, eta, key=None, affine_rule=None, *, elapsed=None):
     """One time-step of the whole network; returns ``(new_state, logits_t, spikes_t)``.
 
     signGD modes evaluate the network on the estimates themselves. A neuron's input estimate
@@ -63,7 +78,9 @@ def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
     values up to float rounding (which can flip a spike at a near-tie). The integrate-and-fire
     baseline keeps its max of spikes, which is not affine, so it tracks its inputs step by step.
     ``affine_rule`` (``interpret.run``) may evaluate the affine layers in another form, e.g.
-    :func:`signgd_jax.cpu_forms.cpu_conv_rule`.
+    :func:`signgd_jax.cpu_forms.cpu_conv_rule`. ``elapsed`` (``S_t``, signGD modes only) switches
+    the offset correction off: every neuron input and the logits become ``A(v_t) - S_t A(0)``
+    (``simulate(..., offset_correction=False)``); None (default) keeps it.
     """
     dynamics = get_dynamics(snn.mode)
     neurons = neurons_of(snn)
@@ -72,10 +89,15 @@ def step(snn: SNN, state, images, eta, key=None, affine_rule=None):
 
     def on_site(index, kind, options, inputs):
         name = site_name(index, kind)
+        if elapsed is not None:
+            inputs = uncorrected_inputs(snn.sites[name], inputs, elapsed)
         new_neurons[name], out, spikes[name] = neurons[name].step(state["neurons"][name], inputs, eta)
         return out
 
     outputs = interpret.evaluate(snn.apply_fn, snn.variables, network_input, on_site, affine_rule)
+    if elapsed is not None:
+        a0 = snn.decoder.a0
+        outputs = outputs - elapsed * jnp.where(jnp.isfinite(a0), a0, 0).astype(outputs.dtype)
     decoder, logits = dynamics.decode(state["decoder"], outputs, eta)
     return dict(codec=codec_state, neurons=new_neurons, decoder=decoder), logits, spikes
 
@@ -89,12 +111,15 @@ def cast(snn: SNN, dtype) -> SNN:
 
 
 def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: bool, dtype=None,
-                   affine_rule=None):
+                   offset_correction: bool = True, affine_rule=None):
     num_steps = max(timesteps)
     dynamics = get_dynamics(snn.mode)
     etas = dynamics.step_sizes(snn.schedule, num_steps)
+    # S_t = eta_1 + ... + eta_t, a scan input only where the offset correction is off
+    elapsed = None if offset_correction else jnp.cumsum(etas)
     if dtype is not None:  # reduced-precision simulation: state, weights and step sizes alike
         snn, images, etas = cast(snn, dtype), images.astype(dtype), etas.astype(dtype)
+        elapsed = None if elapsed is None else elapsed.astype(dtype)
     # Row of the output buffer that step t writes: its rank among the requested time-steps,
     # or a scratch row past the end; only len(timesteps) + 1 rows are ever kept.
     rows = np.full(num_steps, len(timesteps), np.int32)
@@ -108,8 +133,8 @@ def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: b
 
     def body(carry, inputs):
         state, buffer, counts = carry
-        eta, row, step_key = inputs
-        new_state, logits, spikes = step(snn, state, images, eta, step_key, affine_rule)
+        eta, row, step_key, elapsed_t = inputs
+        new_state, logits, spikes = step(snn, state, images, eta, step_key, affine_rule, elapsed=elapsed_t)
         # a model op may promote a reduced-precision value (e.g. a float32 constant): keep the
         # carry in the dtype it started with
         state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_state, state)
@@ -122,11 +147,11 @@ def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: b
         shapes = jax.eval_shape(lambda: step(snn, state, images, etas[0], None if keys is None else keys[0],
                                              affine_rule)[2])
         counts = {k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}
-    (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys))
+    (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys, elapsed))
     return buffer[:-1].astype(jnp.float32), counts
 
 
-_STATIC = ("timesteps", "with_spike_counts", "dtype")
+_STATIC = ("timesteps", "with_spike_counts", "dtype", "offset_correction")
 _simulate = jax.jit(_simulate_impl, static_argnames=_STATIC)
 # On CPU: convolutions in the forms XLA:CPU runs fastest (signgd_jax.cpu_forms), and without
 # XLA:CPU's YNNPACK fusions, which run this loop's many small convolutions and matmuls slower
@@ -141,8 +166,9 @@ _simulate_cpu = jax.jit(_simulate_impl_cpu, static_argnames=_STATIC, compiler_op
 
 def compiled_simulation(snn: SNN, images, key=None):
     """The jitted simulation for where these arrays live, called as ``fn(snn, images, key,
-    timesteps, with_spike_counts, dtype)``: on CPU with :mod:`signgd_jax.cpu_forms` and, for
-    concrete arrays, :data:`CPU_COMPILER_OPTIONS`; XLA's defaults on other platforms."""
+    timesteps, with_spike_counts, dtype[, offset_correction])``: on CPU with
+    :mod:`signgd_jax.cpu_forms` and, for concrete arrays, :data:`CPU_COMPILER_OPTIONS`; XLA's
+    defaults on other platforms."""
     if platform_of(images, snn, key) != "cpu":
         return _simulate
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((snn, images, key)))
@@ -160,7 +186,7 @@ def _run(*args):
 
 
 def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
-             return_spike_counts: bool = False, dtype=None, timestamps=None):
+             return_spike_counts: bool = False, dtype=None, timestamps=None, offset_correction: bool = True):
     """Runs the SNN on ``images`` and returns the decoded logits at each requested time-step.
 
     Returns an array ``[len(timesteps), batch, classes]`` (time-steps sorted ascending);
@@ -170,7 +196,36 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
     ``key`` seeds the 'stochastic' codec. ``dtype`` (e.g. ``jnp.bfloat16``) runs the whole
     simulation in that precision; logits are returned as float32. ``timestamps`` is the
     earlier name of ``timesteps`` (deprecated).
+
+    ``offset_correction=False`` (an ablation; signGD modes only, the 'if' dynamics refuses it)
+    drops the A(0)/A(1) correction: a neuron, and likewise the decoder, integrates the raw affine
+    response of the signed spikes,
+
+        x_0 = A(0),    x_t = x_{t-1} - eta_t A(2 s_t - 1)
+
+    instead of ``x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))``. Here ``A(sigma)`` is the
+    affine sub-network evaluated with every source ``j`` at level ``sigma_j``, i.e. at the value
+    ``o_j + r_j sigma_j`` (a neuron's ``Site.out_offset`` and ``out_scale``; the codec is a source
+    with ``o = 0``, ``r = 1`` whose level is its emitted value), the convention by which convert
+    probes ``A(1)`` and ``A(0)``. ``A`` is affine in the levels of all its sources jointly (a
+    residual add of two sources included): ``A(sigma) = A(0) + sum_j L_j r_j sigma_j``, so
+    ``A(2 s - 1) = 2 A(s) - A(1) = (2 A(s) - A(1) - A(0)) + A(0)`` and, summing over the steps,
+
+        x_t = A(v_t) - S_t A(0),    S_t = eta_1 + ... + eta_t,
+
+    with ``v_t`` the upstream output estimates of the same (uncorrected) run: every neuron input
+    and the logits are shifted by ``-S_t A(0)`` (``Site.a0``, ``SNN.decoder.a0``). ``A(0)`` is the
+    sum of the biases on the affine path (BatchNorm shifts, constants such as max-pooling's
+    padding and LayerNorm's eps) plus, in improved mode, the response ``sum_j L_j o_j`` to the
+    calibrated means, so there it does not vanish with the biases. The codec is a source, not fed
+    by an affine map: its estimate of the image is unchanged; only its receivers see the first
+    layer's bias. The default path is unchanged.
     """
+    dynamics = get_dynamics(snn.mode)
+    if not offset_correction and not dynamics.encodes:
+        raise ValueError(f"offset_correction=False applies to the signGD dynamics (input estimates "
+                         f"x_t = x_{{t-1}} - eta_t (2 A(s_t) - A(1) - A(0))); the {snn.mode!r} dynamics "
+                         "averages A(s_t) and has no such correction")
     if timestamps is not None:
         warnings.warn("simulate(timestamps=...) is deprecated; use timesteps=...", DeprecationWarning, stacklevel=2)
         timesteps = timestamps
@@ -180,7 +235,10 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
         raise ValueError("images contain NaN or Inf values; the simulation would spread them to every output")
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = None if dtype is None else jnp.dtype(dtype)
-    logits, counts = _run(snn, images, key, timesteps, return_spike_counts, dtype)
+    if offset_correction:  # the default program, exactly as before
+        logits, counts = _run(snn, images, key, timesteps, return_spike_counts, dtype)
+    else:
+        logits, counts = _run(snn, images, key, timesteps, return_spike_counts, dtype, False)
     return (logits, counts) if return_spike_counts else logits
 
 
