@@ -18,12 +18,18 @@ table is test accuracy (%) on the first ``--limit`` test images, per time-step:
   ``--calibration-batch-size`` random training images (the paper calibrates on 100 batches);
 * the integrate-and-fire baseline (ReLU networks; n/a otherwise);
 * where accuracy is lost: each site's normalised error against the ANN (``signgd_jax.layer_errors``);
-* the compiled grid against a loop of separate ``simulate`` runs (seconds, after compilation).
+* the compiled grid against a loop of separate ``simulate`` runs (seconds, after compilation);
+* the A(0)/A(1) offset correction on and off (``simulate(..., offset_correction=False)``: every
+  input estimate integrates the raw affine response ``A(2 s_t - 1)`` of the signed spikes).
 
 Written to ``<out-dir>/ablations.json`` with the plots beside it, and the report to ``--markdown``
-(default ``<out-dir>/ablations.md``). The A(0)/A(1)
-offset correction cannot be switched off here: ``simulate`` evaluates each input estimate as the
-affine layers on the estimates below, which holds the correction by construction (see the note).
+(default ``<out-dir>/ablations.md``). ``--sections`` runs only some of the tables, e.g.
+
+    PYTHONPATH=. python scripts/ablations.py --workdir runs/vgg_mini --sections offset
+
+and then updates only those entries of an existing ``<out-dir>/ablations.json`` (each with the
+model, test images and command it was made with) and writes the report only where ``--markdown``
+is given (it is printed either way), so a full report is not overwritten by a part.
 """
 from __future__ import annotations
 
@@ -37,7 +43,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import signgd_jax as sg  # noqa: E402
@@ -51,6 +56,18 @@ def _floats(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
+
+
+SECTIONS = ("schedule", "layer_errors", "codec", "calibration", "if", "benchmark", "offset")
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(SECTIONS)}")
+    return chosen
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, default=250, help="test images per simulate call")
     a("--benchmark", action=argparse.BooleanOptionalAction, default=True,
       help="time the compiled grid against a loop of separate simulate runs")
+    a("--sections", type=_sections, default=SECTIONS, help=f"comma-separated tables to run (default all: "
+      f"{','.join(SECTIONS)}); a part updates only its entries of an existing ablations.json")
     return p
 
 
@@ -136,8 +155,23 @@ def lines(rows: dict, timesteps, ann: float, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def offset_table(snn, batches, timesteps, ann_logits) -> dict:
+    """Accuracy (%) and mean |y_T - ANN logits| / mean |ANN logits| per T, offset correction on and off."""
+    out = {}
+    for label, correction in (("on (default)", True), ("off", False)):
+        logits = np.concatenate([np.asarray(sg.simulate(snn, x, timesteps, offset_correction=correction))
+                                 for x, _ in batches], axis=1)
+        labels = np.concatenate([y for _, y in batches])
+        error = np.abs(logits - ann_logits[None]).mean(axis=(1, 2)) / np.abs(ann_logits).mean()
+        out[label] = dict(accuracy=pct((logits.argmax(-1) == labels[None]).mean(1)),
+                          logit_error=[round(float(e), 4) for e in error])
+    return out
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    sections = args.sections
+    partial = set(sections) != set(SECTIONS)
     t_start = time.perf_counter()
     timesteps = tuple(sorted(set(_ints(args.timesteps))))
     modes = [m.strip() for m in args.dynamics.split(",") if m.strip()]
@@ -151,9 +185,10 @@ def main(argv=None) -> int:
     batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
                for i in range(0, len(images), args.batch_size)]
     apply_fn = as_apply_fn(model)
-    predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
-    ann = 100 * float(np.mean(np.concatenate([np.asarray(predict(variables, x)) for x, _ in batches]) == labels))
-    most = max(_ints(args.calibration_batches) + [args.default_calibration_batches])
+    forward = jax.jit(apply_fn)
+    ann_logits = np.concatenate([np.asarray(forward(variables, x)) for x, _ in batches]).astype(np.float64)
+    ann = 100 * float(np.mean(ann_logits.argmax(-1) == labels))
+    most = max(_ints(args.calibration_batches) * ("calibration" in sections) + [args.default_calibration_batches])
     calibration = calibration_batches(train_ds, args.calibration_batch_size, most)
     default_calibration = calibration[:args.default_calibration_batches]
     print(f"{config['model']}: ANN {ann:.2f}% on {len(images)} test images; "
@@ -162,77 +197,90 @@ def main(argv=None) -> int:
     def accuracy(snn, **kw):
         return pct(sg.sweep(snn, batches, timesteps=timesteps, **kw)[0, 0])
 
+    command = "PYTHONPATH=. python scripts/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = dict(model=config["model"], dataset=config.get("dataset"), workdir=os.path.abspath(args.workdir),
                   num_test_images=len(images), timesteps=list(timesteps), ann=ann, settings=vars(args),
                   machine=dict(backend=jax.default_backend(), devices=jax.device_count(), cpus=os.cpu_count()),
                   schedule={}, codec={}, calibration={}, integrate_and_fire=None, benchmark=None)
     md = [f"# Ablations: {config['model']} on {config.get('dataset')}", "",
           f"Test accuracy (%) on the first {len(images)} test images; ANN {ann:.2f}%. Made by",
-          "", "```", "PYTHONPATH=. python scripts/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv),
-          "```", ""]
+          "", "```", command, "```", ""]
     eta0s, gammas = _floats(args.eta0), _floats(args.gamma)
+    default_rows = {}  # the default schedule's accuracy per mode (for the baseline's table)
+    offsets = {}
     for mode in modes:
         t0 = time.perf_counter()
         snn = sg.convert(model, variables, default_calibration, dynamics=mode)
-        rows, grids = {}, {}
-        # the schedule does not enter the conversion (calibration and probe): swap it in
-        exponential = sg.sweep(snn, batches, eta0=eta0s, gamma=gammas, timesteps=timesteps)
-        grids["exponential"] = exponential
-        rows["exponential 0.15, 0.95 (default)"] = accuracy(snn)
-        rows["exponential, best of grid per T"] = pct(exponential.reshape(-1, len(timesteps)).max(0))
-        for kind, values in (("constant", _floats(args.constant_eta0)), ("inverse", _floats(args.inverse_eta0))):
-            other = snn.replace(schedule=sg.make_schedule(kind, values[0]))
-            grid = sg.sweep(other, batches, eta0=values, timesteps=timesteps)
-            grids[kind] = grid
-            best = grid[:, 0].argmax(0)
-            rows[f"{kind}, best of eta0 in {values} per T"] = pct(grid[:, 0].max(0))
-            rows[f"{kind}, its eta0 per T"] = [values[i] for i in best]
-        heatmaps(exponential, eta0s, gammas, timesteps, os.path.join(args.out_dir, f"schedule_grid_{mode}.png"),
-                 f"{config['model']}, {mode}: accuracy over eta0 x gamma")
-        lines({k: v for k, v in rows.items() if "its eta0" not in k}, timesteps, ann,
-              os.path.join(args.out_dir, f"schedule_{mode}.png"), f"{config['model']}, {mode}: schedules")
-        report["schedule"][mode] = dict(rows=rows, grids={k: (100 * g).round(2).tolist() for k, g in grids.items()},
-                                        eta0=eta0s, gamma=gammas)
-        md += [f"## Schedule ({mode} mode)", "", table("schedule", timesteps, {k: v for k, v in rows.items()
-                                                                               if "its eta0" not in k}, ann), "",
-               "eta0 chosen per T: " + "; ".join(f"{k.split(',')[0]}: {v}" for k, v in rows.items() if "its eta0" in k),
-               "", f"![grid](schedule_grid_{mode}.png) ![lines](schedule_{mode}.png)", ""]
-        errors = sg.layer_errors(snn, batches[0][0], timesteps)
-        sg.plot_layer_errors(errors, os.path.join(args.out_dir, f"layer_errors_{mode}.png"),
-                             title=f"{config['model']}, {mode}: mean |u_t - a| / mean |a| per site")
-        report.setdefault("layer_errors", {})[mode] = {k: v.round(5).tolist() for k, v in errors.normalised.items()}
-        md += [f"## Where accuracy is lost ({mode} mode, default schedule, {len(batches[0][0])} images)", "",
-               "Normalised error `mean |u_t - a| / mean |a|` of each site's output estimate against the ANN "
-               "activation (`signgd_jax.layer_errors`):", "",
-               table("site", timesteps, errors.normalised, None, "{:.3g}"),
-               "", f"![layer errors](layer_errors_{mode}.png)", ""]
-        codecs = {codec: accuracy(snn.replace(codec=codec)) for codec in sg.dynamics.CODECS}
-        report["codec"][mode] = codecs
-        lines(codecs, timesteps, ann, os.path.join(args.out_dir, f"codec_{mode}.png"), f"{mode}: codecs")
-        md += [f"## Codec ({mode} mode)", "", table("codec", timesteps, codecs, ann), "", f"![codec](codec_{mode}.png)", ""]
-        calib = {}
-        for count in _ints(args.calibration_batches):
-            calib[f"{count} batch(es)"] = accuracy(sg.convert(model, variables, calibration[:count], dynamics=mode))
-        report["calibration"][mode] = calib
-        lines(calib, timesteps, ann, os.path.join(args.out_dir, f"calibration_{mode}.png"),
-              f"{mode}: calibration batches of {args.calibration_batch_size}")
-        md += [f"## Calibration data ({mode} mode, batches of {args.calibration_batch_size} training images)", "",
-               table("calibration", timesteps, calib, ann), "", f"![calibration](calibration_{mode}.png)", ""]
+        if "schedule" in sections:
+            rows, grids = {}, {}
+            # the schedule does not enter the conversion (calibration and probe): swap it in
+            exponential = sg.sweep(snn, batches, eta0=eta0s, gamma=gammas, timesteps=timesteps)
+            grids["exponential"] = exponential
+            rows["exponential 0.15, 0.95 (default)"] = default_rows[mode] = accuracy(snn)
+            rows["exponential, best of grid per T"] = pct(exponential.reshape(-1, len(timesteps)).max(0))
+            for kind, values in (("constant", _floats(args.constant_eta0)), ("inverse", _floats(args.inverse_eta0))):
+                other = snn.replace(schedule=sg.make_schedule(kind, values[0]))
+                grid = sg.sweep(other, batches, eta0=values, timesteps=timesteps)
+                grids[kind] = grid
+                best = grid[:, 0].argmax(0)
+                rows[f"{kind}, best of eta0 in {values} per T"] = pct(grid[:, 0].max(0))
+                rows[f"{kind}, its eta0 per T"] = [values[i] for i in best]
+            heatmaps(exponential, eta0s, gammas, timesteps, os.path.join(args.out_dir, f"schedule_grid_{mode}.png"),
+                     f"{config['model']}, {mode}: accuracy over eta0 x gamma")
+            lines({k: v for k, v in rows.items() if "its eta0" not in k}, timesteps, ann,
+                  os.path.join(args.out_dir, f"schedule_{mode}.png"), f"{config['model']}, {mode}: schedules")
+            report["schedule"][mode] = dict(rows=rows, grids={k: (100 * g).round(2).tolist() for k, g in grids.items()},
+                                            eta0=eta0s, gamma=gammas)
+            md += [f"## Schedule ({mode} mode)", "", table("schedule", timesteps, {k: v for k, v in rows.items()
+                                                                                   if "its eta0" not in k}, ann), "",
+                   "eta0 chosen per T: " + "; ".join(f"{k.split(',')[0]}: {v}" for k, v in rows.items()
+                                                     if "its eta0" in k),
+                   "", f"![grid](schedule_grid_{mode}.png) ![lines](schedule_{mode}.png)", ""]
+        if "layer_errors" in sections:
+            errors = sg.layer_errors(snn, batches[0][0], timesteps)
+            sg.plot_layer_errors(errors, os.path.join(args.out_dir, f"layer_errors_{mode}.png"),
+                                 title=f"{config['model']}, {mode}: mean |u_t - a| / mean |a| per site")
+            report.setdefault("layer_errors", {})[mode] = {k: v.round(5).tolist() for k, v in errors.normalised.items()}
+            md += [f"## Where accuracy is lost ({mode} mode, default schedule, {len(batches[0][0])} images)", "",
+                   "Normalised error `mean |u_t - a| / mean |a|` of each site's output estimate against the ANN "
+                   "activation (`signgd_jax.layer_errors`):", "",
+                   table("site", timesteps, errors.normalised, None, "{:.3g}"),
+                   "", f"![layer errors](layer_errors_{mode}.png)", ""]
+        if "codec" in sections:
+            codecs = {codec: accuracy(snn.replace(codec=codec)) for codec in sg.dynamics.CODECS}
+            report["codec"][mode] = codecs
+            lines(codecs, timesteps, ann, os.path.join(args.out_dir, f"codec_{mode}.png"), f"{mode}: codecs")
+            md += [f"## Codec ({mode} mode)", "", table("codec", timesteps, codecs, ann), "",
+                   f"![codec](codec_{mode}.png)", ""]
+        if "calibration" in sections:
+            calib = {}
+            for count in _ints(args.calibration_batches):
+                calib[f"{count} batch(es)"] = accuracy(sg.convert(model, variables, calibration[:count], dynamics=mode))
+            report["calibration"][mode] = calib
+            lines(calib, timesteps, ann, os.path.join(args.out_dir, f"calibration_{mode}.png"),
+                  f"{mode}: calibration batches of {args.calibration_batch_size}")
+            md += [f"## Calibration data ({mode} mode, batches of {args.calibration_batch_size} training images)", "",
+                   table("calibration", timesteps, calib, ann), "", f"![calibration](calibration_{mode}.png)", ""]
+        if "offset" in sections:
+            offsets[mode] = offset_table(snn, batches, timesteps, ann_logits)
         print(f"{mode}: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    try:
-        baseline, reason = accuracy(sg.convert(model, variables, default_calibration, dynamics="if")), None
-    except sg.UnsupportedOperation as e:
-        baseline, reason = None, " ".join(str(e).split())
-    report["integrate_and_fire"] = dict(accuracy=baseline, reason=reason)
-    md += ["## Integrate-and-fire baseline", "",
-           table("dynamics", timesteps, {"if (rate coding)": baseline,
-                                         **{f"{m}, default schedule": report["schedule"][m]["rows"][
-                                             "exponential 0.15, 0.95 (default)"] for m in modes}}, ann), ""]
-    if reason:
-        md += [f"n/a: {reason}", ""]
+    if "if" in sections:
+        try:
+            baseline, reason = accuracy(sg.convert(model, variables, default_calibration, dynamics="if")), None
+        except sg.UnsupportedOperation as e:
+            baseline, reason = None, " ".join(str(e).split())
+        report["integrate_and_fire"] = dict(accuracy=baseline, reason=reason)
+        for m in modes:
+            if m not in default_rows:
+                default_rows[m] = accuracy(sg.convert(model, variables, default_calibration, dynamics=m))
+        md += ["## Integrate-and-fire baseline", "",
+               table("dynamics", timesteps, {"if (rate coding)": baseline,
+                                             **{f"{m}, default schedule": default_rows[m] for m in modes}}, ann), ""]
+        if reason:
+            md += [f"n/a: {reason}", ""]
 
-    if args.benchmark and modes:
+    if "benchmark" in sections and args.benchmark and modes:
         snn = sg.convert(model, variables, default_calibration, dynamics=modes[0])
         x, y = batches[0]
         kw = dict(eta0=eta0s, gamma=gammas, timesteps=timesteps)
@@ -256,22 +304,49 @@ def main(argv=None) -> int:
                f"({os.cpu_count()} CPUs): `sweep` {grid_s:.2f} s, a loop of `simulate` calls {loop_s:.2f} s "
                f"({loop_s / grid_s:.2f}x).", ""]
 
-    md += ["## Not measured", "",
-           "The A(0)/A(1) offset correction on and off: `simulate` evaluates every input estimate as the "
-           "affine layers applied to the output estimates below (`x_t = A(v_t)`), which is the corrected "
-           "recursion by construction; an uncorrected run needs the recursion tracked from spikes with "
-           "another offset, which `simulate` does not offer.", ""]
+    if "offset" in sections:
+        report["offset_correction"] = dict(model=config["model"], workdir=args.workdir,
+                                           num_test_images=len(images), timesteps=list(timesteps), ann=ann,
+                                           command=command, modes=offsets)
+        md += ["## Offset correction on and off (default schedule, float codec)", "",
+               "`simulate(..., offset_correction=False)`: every neuron input and the logits integrate the raw "
+               "affine response of the signed spikes, `x_t = x_{t-1} - eta_t A(2 s_t - 1)`, i.e. "
+               "`x_t = A(v_t) - S_t A(0)` with `S_t = eta_1 + ... + eta_t`, instead of "
+               "`x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))`.", "",
+               table("accuracy (%)", timesteps, {f"{m}, correction {k}": v["accuracy"]
+                                                 for m, rows in offsets.items() for k, v in rows.items()}, ann), "",
+               "Logit error `mean |y_T - ANN logits| / mean |ANN logits|`:", "",
+               table("logit error", timesteps, {f"{m}, correction {k}": v["logit_error"]
+                                                for m, rows in offsets.items() for k, v in rows.items()},
+                     None, "{:.3g}"), ""]
+
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     md += [f"Total time {report['total_s']:.0f} s."]
-    with open(os.path.join(args.out_dir, "ablations.json"), "w") as f:
+    json_path = os.path.join(args.out_dir, "ablations.json")
+    if partial:  # update only this run's entries of an existing report
+        entries = {"schedule": ["schedule"], "layer_errors": ["layer_errors"], "codec": ["codec"],
+                   "calibration": ["calibration"], "if": ["integrate_and_fire"], "benchmark": ["benchmark"],
+                   "offset": ["offset_correction"]}
+        previous = {}
+        if os.path.exists(json_path):
+            with open(json_path) as f:
+                previous = json.load(f)
+        if previous:
+            for section in sections:
+                for key in entries[section]:
+                    if key in report:
+                        previous[key] = report[key]
+            report = previous
+    with open(json_path, "w") as f:
         json.dump(report, f, indent=1)
-    markdown_path = args.markdown or os.path.join(args.out_dir, "ablations.md")
-    plots = os.path.relpath(args.out_dir, os.path.dirname(os.path.abspath(markdown_path)))
     text = "\n".join(md) + "\n"
-    if plots != ".":
-        text = re.sub(r"\]\(([\w.]+\.png)\)", lambda m: f"]({plots}/{m.group(1)})", text)
-    with open(markdown_path, "w") as f:
-        f.write(text)
+    markdown_path = args.markdown or (None if partial else os.path.join(args.out_dir, "ablations.md"))
+    if markdown_path:
+        plots = os.path.relpath(args.out_dir, os.path.dirname(os.path.abspath(markdown_path)))
+        if plots != ".":
+            text = re.sub(r"\]\(([\w.]+\.png)\)", lambda m: f"]({plots}/{m.group(1)})", text)
+        with open(markdown_path, "w") as f:
+            f.write(text)
     print("\n".join(md))
     return 0
 

@@ -215,11 +215,12 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
 
     with ``v_t`` the upstream output estimates of the same (uncorrected) run: every neuron input
     and the logits are shifted by ``-S_t A(0)`` (``Site.a0``, ``SNN.decoder.a0``). ``A(0)`` is the
-    sum of the biases on the affine path (BatchNorm shifts, constants such as max-pooling's
-    padding and LayerNorm's eps) plus, in improved mode, the response ``sum_j L_j o_j`` to the
-    calibrated means, so there it does not vanish with the biases. The codec is a source, not fed
-    by an affine map: its estimate of the image is unchanged; only its receivers see the first
-    layer's bias. The default path is unchanged.
+    affine path's constant term (its biases carried through its weights: BatchNorm shifts, and
+    constants such as max-pooling's -1e9 padding and LayerNorm's eps) plus, in improved mode, the
+    response ``sum_j L_j o_j`` to the calibrated means, so there it does not vanish with the
+    biases. The codec is a source, not fed by an affine map: its estimate of the image is
+    unchanged; only its receivers see the first layer's constant term. The default path is
+    unchanged.
     """
     dynamics = get_dynamics(snn.mode)
     if not offset_correction and not dynamics.encodes:
