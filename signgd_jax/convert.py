@@ -24,6 +24,7 @@ from signgd_jax import interpret
 from signgd_jax.codecs import check_codec
 from signgd_jax.dynamics import MODES, Statistics
 from signgd_jax.dynamics import get as get_dynamics
+from signgd_jax.expand import expanded
 from signgd_jax.fold import fold_batch_norm
 from signgd_jax.frontends import as_apply_fn, model_and_variables
 from signgd_jax.kinds import ann_op
@@ -185,6 +186,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
     batches = calibration_arrays(calibration_batches)
     if fold_bn:
         variables, apply_fn = fold_batch_norm(model, variables, batches[0], apply_fn)
+    apply_fn = expanded(apply_fn, chosen.expands)
     run, leaves = _trace(apply_fn, variables, batches[0])
     found, statistics = _calibration_statistics(run, leaves, batches)
     chosen.check_kinds(kind for kind, _ in found.values())

@@ -197,6 +197,8 @@ class Dynamics:
 
     neuron(site) -> Neuron; kinds: the site kinds it converts (None: all);
     site_units(kind, statistics) -> the Site fields (in_scale, out_scale, out_offset);
+    expands: the site kinds it converts as their decomposition (paper mode: a LayerNorm as the
+    reference's square and x1/sqrt(x2) neurons, :mod:`signgd_jax.expand`);
     passes_probe(kind): whether a site forwards its inputs in the probe pass (a stateless
     operation) instead of emitting ones/zeros; step_sizes(schedule, T);
     network_input(codec) -> fn(state, images, eta, key) -> (network input, state) (the codec,
@@ -212,6 +214,7 @@ class Dynamics:
     averages_logits: bool = False
     passes_probe: Callable[[str], bool] = lambda kind: False
     kinds_text: str = ""
+    expands: tuple = ()  # site kinds taken apart before conversion (signgd_jax.expand)
 
     @property
     def uses_schedule(self) -> bool:
@@ -242,7 +245,8 @@ class Dynamics:
 
 
 PAPER = Dynamics("paper", signgd_neuron, _relu_scaling, kinds=kinds.ELEMENTWISE_KINDS, kinds_text="elementwise neurons "
-                 "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')")
+                 "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')",
+                 expands=("layer_norm",))
 IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True)
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
                               encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",

@@ -33,12 +33,16 @@ sizes as every other neuron, so their state is the size of the ANN's activation.
   The reference implementation instead makes one product neuron per (row, column, contracted
   index) and sums them: that state is ``rows x columns x contracted`` per head, which this
   neuron avoids.
-* ``layer_norm`` (options ``axis`` (negative axes), ``epsilon``):
+* ``layer_norm`` (options ``axis`` (negative axes), ``epsilon``, ``normalized_scale``):
   ``phi(x) = (x - mean(x)) / sqrt(var(x) + eps)`` over ``axis``, LayerNorm's normalised vector
   (scale and shift are affine and stay outside). One state per element, where the elementwise
   decomposition has two (a square neuron and an ``x1/sqrt(x2)`` neuron). Strict tie rule;
   ``|phi_i| <= sqrt(n - 1)`` for ``n`` normalised elements (the table says unbounded because
-  ``n`` is a property of the site), calibrated per position in improved mode.
+  ``n`` is a property of the site), calibrated per position in improved mode. A LayerNorm
+  (``signgd_jax.nn.LayerNorm``, or ``flax.linen.LayerNorm`` recognised) carries a number
+  ``normalized_scale``: paper mode takes that site apart into the reference's square and
+  ``x1/sqrt(x2)`` neurons (:mod:`signgd_jax.expand`); ``normalized_scale=None`` (written with
+  ``signgd_jax.nn.normalize``) is a vector neuron in every mode.
 
 Paper mode (output estimates start at 0, reach at most ``eta0 / (1 - gamma)``) does not convert
 vector neurons (``ELEMENTWISE_KINDS`` lists what it does): a network written with them is
@@ -126,7 +130,8 @@ def _softmax(x, axis=(-1,)):
     return jax.nn.softmax(x, axis=axis)
 
 
-def _normalized(x, axis=(-1,), epsilon=1e-6):
+def _normalized(x, axis=(-1,), epsilon=1e-6, normalized_scale=None):
+    del normalized_scale  # how paper mode takes the neuron apart (signgd_jax.expand); not its value
     centred = x - jnp.mean(x, axis=axis, keepdims=True)
     return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=axis, keepdims=True) + epsilon)
 

@@ -309,25 +309,24 @@ def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | N
 
 
 def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale: float = 1.0,
-               vector_neuron: bool = False):
-    """LayerNorm over the last axis, decomposed: ``c = x - mean(x)`` (linear), ``c**2`` (square
-    neuron), ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron), scale/shift.
+               vector_neuron: bool | None = None):
+    """LayerNorm over the last axis: the normalised vector ``(x - mean) / sqrt(var + eps)``,
+    then scale and shift (affine).
 
-    ``normalized_scale`` (a constant k) lets the x1/sqrt(x2) neuron produce ``k * c/sqrt(.)``
-    and divides it out again in the affine map after it: the same function, smaller targets.
-    ``vector_neuron=True``: the normalised vector is one ``layer_norm`` vector neuron per element
-    (:func:`normalize`; improved mode only), then scale/shift.
+    ``vector_neuron=None`` (default): one ``layer_norm`` site that each dynamics converts its own
+    way: improved mode as one vector neuron per element, paper mode as the reference's
+    decomposition (:func:`decomposed_layer_norm`). ``True``: always the vector neuron
+    (:func:`normalize`; paper mode refuses it). ``False``: always the decomposition.
+    ``normalized_scale`` (a constant k) lets the decomposition's x1/sqrt(x2) neuron produce
+    ``k * c/sqrt(.)`` and divides it out again after it: the same function, smaller targets.
     """
-    if vector_neuron:
+    x = jnp.asarray(x)
+    if vector_neuron is None:
+        y = site("layer_norm", x, axis=(-1,), epsilon=float(epsilon), normalized_scale=float(normalized_scale))
+    elif vector_neuron:
         y = normalize(x, -1, epsilon)
-        y = y if scale is None else y * scale
-        return y if bias is None else y + bias
-    centred = x - jnp.mean(x, axis=-1, keepdims=True)
-    variance = jnp.mean(square(centred), axis=-1, keepdims=True) + epsilon
-    if normalized_scale != 1.0:
-        y = rsqrt_mul(centred * normalized_scale, variance) * (1.0 / normalized_scale)
     else:
-        y = rsqrt_mul(centred, variance)
+        y = decomposed_layer_norm(x, (-1,), epsilon, normalized_scale)
     if scale is not None:
         y = y * scale
     if bias is not None:
@@ -335,37 +334,15 @@ def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale
     return y
 
 
-# ----------------------------------------------------------------------------- modules
-class ReLU(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return relu(x)
-
-
-class LeakyReLU(nn.Module):
-    negative_slope: float = 0.01
-
-    @nn.compact
-    def __call__(self, x):
-        return leaky_relu(x, self.negative_slope)
-
-
-class GELU(nn.Module):
-    approximate: bool | str = True
-
-    @nn.compact
-    def __call__(self, x):
-        return gelu(x, self.approximate)
-
-
-class MaxPool(nn.Module):
-    window_shape: Sequence[int] = (2, 2)
-    strides: Sequence[int] | None = None
-    padding: str | Sequence[tuple[int, int]] = "VALID"
-
-    @nn.compact
-    def __call__(self, x):
-        return max_pool(x, self.window_shape, self.strides, self.padding)
+def decomposed_layer_norm(x, axis=(-1,), epsilon: float = 1e-6, normalized_scale: float = 1.0):
+    """The reference's LayerNorm: ``c = x - mean(x)`` (linear), ``c**2`` (square neuron),
+    ``mean(c**2) + eps`` (linear), ``c / sqrt(.)`` (x1/sqrt(x2) neuron, tracking
+    ``normalized_scale`` times the normalised value, divided out after it)."""
+    centred = x - jnp.mean(x, axis=axis, keepdims=True)
+    variance = jnp.mean(square(centred), axis=axis, keepdims=True) + epsilon
+    if normalized_scale != 1.0:
+        return rsqrt_mul(centred * normalized_scale, variance) * (1.0 / normalized_scale)
+    return rsqrt_mul(centred, variance)
 
 
 class LayerNorm(nn.Module):
@@ -384,7 +361,7 @@ class LayerNorm(nn.Module):
     use_bias: bool = True
     input_scale: float = 1.0
     normalized_scale: float = 1.0
-    vector_neuron: bool = False  # one layer_norm vector neuron per element (improved mode)
+    vector_neuron: bool | None = None  # None: the dynamics decides; True / False: see layer_norm
 
     @nn.compact
     def __call__(self, x):

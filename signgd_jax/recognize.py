@@ -41,10 +41,12 @@ operations whose operand depends on the network input (*dynamic*):
   with ``use_fast_variance=False``), ``max(0, mean(x**2) - mean(x)**2)`` (its default
   fast-variance form, and ``nnx.LayerNorm``) or ``mean(x**2)`` (``RMSNorm``), over the same
   axes, the ``rsqrt`` times constants (the scale) multiplying the centred ``x`` (``x`` for
-  RMSNorm). It becomes the decomposition of ``signgd_jax.nn.layer_norm``: a square neuron on the
-  centred values (``x`` for RMSNorm), the mean plus ``eps`` (linear), an ``x1/sqrt(x2)``
-  neuron, then the constants. The fast-variance form is thus converted through the centred
-  variance, which equals it in exact arithmetic.
+  RMSNorm). A LayerNorm becomes one ``layer_norm`` site on ``x`` over those axes, as
+  ``signgd_jax.nn.LayerNorm`` writes it (a vector neuron in improved mode, the reference's
+  decomposition in paper mode, :mod:`signgd_jax.expand`), then the constants; the fast-variance
+  form is thus converted through the centred variance, which equals it in exact arithmetic. An
+  RMSNorm becomes a square neuron on ``x``, the mean plus ``eps`` (linear), an ``x1/sqrt(x2)``
+  neuron, then the constants.
 
 * **Softmax** (:func:`_match_softmax`), anchored at the division of ``jax.nn.softmax``:
   ``e / broadcast(sum_axes(e))`` with ``e = exp(z)`` becomes one softmax vector neuron on ``z``
@@ -313,17 +315,25 @@ def _match_normalisation(g: _Graph, position: int):
         for out in g.ops[i].outs:
             if any(u not in skip and u != anchor for u in g.uses.get(out, [])):
                 return None
-    variance_of = c if form == "layer" else x
+    if form == "layer":  # one layer_norm site on x (the dynamics decides how to convert it)
+        def layer_normalise(x_value, *scales):
+            ndim = len(np.shape(x_value))
+            y = sgnn.site("layer_norm", x_value, axis=tuple(sorted(int(a) - ndim for a in axes)),
+                          epsilon=float(str(np.float32(eps))), normalized_scale=1.0)  # 1e-6, not 9.99e-7
+            for s in scales:
+                y = y * s
+            return y
 
-    def normalise(c_value, z_value, *scales):
-        variance = jnp.mean(sgnn.square(z_value), axis=axes, keepdims=True) + eps
-        y = sgnn.rsqrt_mul(c_value, variance)
+        return anchor, skip, Substitute((x, *factors), layer_normalise, "LayerNorm")
+
+    def rms_normalise(x_value, *scales):
+        variance = jnp.mean(sgnn.square(x_value), axis=axes, keepdims=True) + eps
+        y = sgnn.rsqrt_mul(x_value, variance)
         for s in scales:
             y = y * s
         return y
 
-    label = "LayerNorm" if form == "layer" else "RMSNorm"
-    return anchor, skip, Substitute((c, variance_of, *factors), normalise, label)
+    return anchor, skip, Substitute((x, *factors), rms_normalise, "RMSNorm")
 
 
 # ----------------------------------------------------------------------------- softmax

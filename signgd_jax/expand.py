@@ -1,0 +1,61 @@
+"""Sites a dynamics takes apart before converting: a LayerNorm as the reference's neurons.
+
+A LayerNorm written with ``signgd_jax.nn.LayerNorm`` (or ``flax.linen.LayerNorm``, recognised)
+is one ``layer_norm`` site. Improved mode converts it as one vector neuron per element, whose
+target is the normalised vector itself. Paper mode reproduces the reference implementation,
+which has no such neuron: there the site becomes :func:`signgd_jax.nn.decomposed_layer_norm`
+(a square neuron on the centred values, their mean plus ``eps``, an ``x1/sqrt(x2)`` neuron).
+
+:class:`ExpandedApply` does that rewrite on the traced program: it evaluates the network with
+the interpreter and re-emits every site as it is, except the expanded kinds, which are emitted
+as their decomposition. The result is an ordinary ``apply_fn(variables, x)``, so ``convert``,
+``simulate`` and the measurements all see the same sites.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+from signgd_jax import interpret
+from signgd_jax.nn import decomposed_layer_norm, site_p
+
+
+def _layer_norm_parts(options: dict, x):
+    return decomposed_layer_norm(x, options["axis"], options["epsilon"], options["normalized_scale"])
+
+
+# kind -> (whether a site of it is taken apart, given its options; its decomposition)
+EXPANSIONS: dict[str, tuple[Callable, Callable]] = {
+    "layer_norm": (lambda options: options.get("normalized_scale") is not None, _layer_norm_parts),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpandedApply:
+    """``apply_fn`` with the sites of ``kinds`` replaced by their decomposition (hashable, equal
+    for equal models, so equal conversions share ``simulate``'s compilation)."""
+
+    apply_fn: Callable
+    kinds: tuple
+
+    def _site(self, index, kind, options, inputs):
+        if kind in self.kinds:
+            applies, parts = EXPANSIONS[kind]
+            if applies(options):
+                return parts(options, *inputs)
+        return site_p.bind(*inputs, kind=kind, options=tuple(sorted(options.items())))
+
+    def __call__(self, variables, x):
+        closed = interpret.trace(self.apply_fn, variables, x)
+        leaves = jax.tree_util.tree_leaves(variables)
+        outs, _ = interpret.run(closed, [*leaves, x], [False] * len(leaves) + [True], self._site)
+        if len(outs) != 1:
+            raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
+        return outs[0]
+
+
+def expanded(apply_fn: Callable, kinds: tuple) -> Callable:
+    """``apply_fn`` with the sites of ``kinds`` taken apart (itself when ``kinds`` is empty)."""
+    return ExpandedApply(apply_fn, tuple(kinds)) if kinds else apply_fn
