@@ -69,6 +69,10 @@ def parser() -> argparse.ArgumentParser:
     a("--table-timesteps", default="8,16,32,64,128", help="time-steps shown in the table "
       "(default 8,16,32,64,128; all evaluated ones are in the JSON)")
     a("--dynamics", default="paper,improved,if")
+    a("--schedule", choices=("exponential", "auto"), default="exponential", help="signGD step sizes: "
+      "exponential (eta0 0.15, gamma 0.95) or auto (tuned per T on calibration images; default exponential)")
+    a("--spread", type=float, default=None, metavar="K", help="improved-mode ranges in standard deviations "
+      "(default: the largest deviation)")
     a("--batch-size", type=int, default=250, help="conversion: evaluation/calibration batch (default 250)")
     a("--calibration-batches", type=int, default=12)
     a("--limit", type=int, default=None, metavar="N", help="evaluate the first N test images only")
@@ -100,8 +104,12 @@ def markdown(summary: dict, table_ts: list[int]) -> str:
         + ". "
         f"Test images: {first['num_test_images']}. Calibration: {first['calibration']['batches']} training "
         f"batches of {first['calibration']['batch_size']} (seed {first['calibration']['seed']}). Codec "
-        f"{first['settings']['codec']}, exponential schedule eta0={first['settings']['eta0']}, "
-        f"gamma={first['settings']['gamma']}.",
+        f"{first['settings']['codec']}, "
+        + ("schedule tuned per T on 256 calibration images (`--schedule auto`, chosen values in the json)"
+           if first['settings'].get('schedule') == "auto" else
+           f"exponential schedule eta0={first['settings']['eta0']}, gamma={first['settings']['gamma']}")
+        + (f"; improved-mode ranges {first['settings']['spread']:g} standard deviations"
+           if first['settings'].get('spread') else "") + ".",
         "",
         "| model | ANN | dynamics | " + " | ".join(f"T={t}" for t in table_ts) + " |",
         "|---|---:|---|" + "---:|" * len(table_ts),
@@ -179,7 +187,8 @@ def main(argv=None) -> int:
             print(f"== {name}: converting ({', '.join(dynamics)})", flush=True)
             results = evaluate_workdir(workdir, data_dir=args.data_dir, timesteps=timesteps, dynamics=dynamics,
                                        batch_size=args.batch_size, calibration_batch_count=args.calibration_batches,
-                                       limit=args.limit, progress=args.progress,
+                                       limit=args.limit, progress=args.progress, schedule=args.schedule,
+                                       spread=args.spread,
                                        log=lambda msg: print(f"   {msg}", flush=True))
             results["command"] = summary["command"]
             results["training"] = dict(last_epoch=last, seconds_this_invocation=round(train_s, 3))

@@ -156,7 +156,8 @@ def _probe(run, leaves, example, units, dynamics):
 
 
 def convert(model, variables, calibration_batches: Iterable, dynamics: str = "paper", *, codec: str = "float",
-            schedule="exponential", eta0: float = 0.15, gamma: float = 0.95, fold_bn: bool = True) -> SNN:
+            schedule="exponential", eta0: float = 0.15, gamma: float = 0.95, fold_bn: bool = True,
+            spread: float | None = None) -> SNN:
     """Converts a trained network into a signGD spiking network.
 
     Args:
@@ -175,12 +176,21 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
       codec: 'float', 'spike' or 'stochastic' (signGD modes).
       schedule, eta0, gamma: step sizes (name, Schedule or optax schedule); ignored by 'if'.
       fold_bn: fold eval-mode BatchNorm into the preceding conv / dense layer.
+      spread: improved mode's range ``r`` per neuron position: None (the largest deviation from
+        the mean over the calibration images) or a number k (k standard deviations; robust to
+        outlier images, finer steps at low T). Paper mode keeps the reference's ReLU maxima.
 
     Raises:
       interpret.UnsupportedOperation: naming any operation that has no neuron.
       ValueError / TypeError: bad arguments, NaN or Inf in the calibration images.
     """
     chosen = get_dynamics(dynamics)
+    if spread is not None:
+        if (not chosen.takes_spread or isinstance(spread, bool) or not isinstance(spread, (int, float, np.number))
+                or not np.isfinite(spread) or spread <= 0):
+            raise ValueError(f"spread applies to dynamics='improved' and is a positive number of standard "
+                             f"deviations, got spread={spread!r} with dynamics={chosen.name!r}")
+        spread = float(spread)
     check_codec(codec)
     apply_fn, variables = model_and_variables(model, variables)
     batches = calibration_arrays(calibration_batches)
@@ -190,7 +200,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
     run, leaves = _trace(apply_fn, variables, batches[0])
     found, statistics = _calibration_statistics(run, leaves, batches)
     chosen.check_kinds(kind for kind, _ in found.values())
-    units = {name: chosen.site_units(kind, statistics[name]) for name, (kind, _) in found.items()}
+    units = {name: chosen.site_units(kind, statistics[name], spread) for name, (kind, _) in found.items()}
     a0s, offsets, decoder = _probe(run, leaves, batches[0], units, chosen)
     sites = {name: Site(kind=kind, options=options, a0=a0s[name], offset=offsets[name], **units[name])
              for name, (kind, options) in found.items()}

@@ -141,7 +141,7 @@ def integrate_and_fire_neuron(site: Site) -> Neuron:
 
 
 # ----------------------------------------------------------------------------- calibration
-def _relu_scaling(kind: str, statistics) -> dict:
+def _relu_scaling(kind: str, statistics, spread=None) -> dict:
     """Paper-mode units: ``relu(z) = relu(z s) / s`` with ``s = 1/m`` (1 where ``m <= 1e-5``)."""
     if kind != "relu":
         return {}
@@ -149,10 +149,15 @@ def _relu_scaling(kind: str, statistics) -> dict:
     return dict(in_scale=scale, out_scale=1.0 / scale)
 
 
-def _calibrated_range(kind: str, statistics) -> dict:
-    """Improved-mode units: ``u = o + r v`` with ``o`` the mean and ``r`` the largest deviation."""
-    spread = jnp.maximum(statistics.maximum - statistics.mean, statistics.mean - statistics.minimum)
-    return dict(out_offset=statistics.mean, out_scale=jnp.where(spread <= 1e-5, 1.0, spread))
+def _calibrated_range(kind: str, statistics, spread=None) -> dict:
+    """Improved-mode units: ``u = o + r v`` with ``o`` the mean over the calibration images and
+    ``r`` their largest deviation from it (``spread=None``), or ``spread`` standard deviations
+    (robust to outliers: a range set by one extreme image makes every step ``r eta_t`` coarse)."""
+    if spread is None:
+        r = jnp.maximum(statistics.maximum - statistics.mean, statistics.mean - statistics.minimum)
+    else:
+        r = spread * statistics.deviation
+    return dict(out_offset=statistics.mean, out_scale=jnp.where(r <= 1e-5, 1.0, r))
 
 
 class Statistics(NamedTuple):
@@ -196,7 +201,8 @@ class Dynamics:
     """One mode of simulation (see the module docstring).
 
     neuron(site) -> Neuron; kinds: the site kinds it converts (None: all);
-    site_units(kind, statistics) -> the Site fields (in_scale, out_scale, out_offset);
+    site_units(kind, statistics, spread) -> the Site fields (in_scale, out_scale, out_offset);
+    spread: improved mode's range in standard deviations (None: the largest deviation);
     expands: the site kinds it converts as their decomposition (paper mode: a LayerNorm as the
     reference's square and x1/sqrt(x2) neurons, :mod:`signgd_jax.expand`);
     passes_probe(kind): whether a site forwards its inputs in the probe pass (a stateless
@@ -215,6 +221,7 @@ class Dynamics:
     passes_probe: Callable[[str], bool] = lambda kind: False
     kinds_text: str = ""
     expands: tuple = ()  # site kinds taken apart before conversion (signgd_jax.expand)
+    takes_spread: bool = False  # whether site_units uses a spread (improved mode's ranges)
 
     @property
     def uses_schedule(self) -> bool:
@@ -247,7 +254,7 @@ class Dynamics:
 PAPER = Dynamics("paper", signgd_neuron, _relu_scaling, kinds=kinds.ELEMENTWISE_KINDS, kinds_text="elementwise neurons "
                  "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')",
                  expands=("layer_norm",))
-IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True)
+IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True, takes_spread=True)
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
                               encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",
                               kinds_text="ReLU networks")

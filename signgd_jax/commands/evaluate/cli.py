@@ -77,6 +77,9 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     a("--schedule", choices=("exponential", "auto"), default="exponential", help="step sizes of the signGD "
       "modes: exponential uses --eta0 and --gamma for every T; auto picks for each T the exponential schedule "
       "that agrees best with the ANN on 256 calibration images (default: %(default)s)")
+    a("--spread", type=float, default=None, metavar="K", help="improved mode's neuron ranges: K standard "
+      "deviations over the calibration images instead of the largest deviation (default: the largest "
+      "deviation)")
     a("--eta0", type=float, default=0.15, help="initial step size of the exponential schedule (default: 0.15)")
     a("--gamma", type=float, default=0.95, help="step-size decay per time-step (default: 0.95)")
     a("--dtype", default="float32", help="simulation precision: float32 or bfloat16 (default: %(default)s)")
@@ -125,7 +128,7 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
         common = dict(
             dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
             batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
-            codec=args.codec, schedule=args.schedule, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
+            codec=args.codec, schedule=args.schedule, spread=args.spread, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
             progress=args.progress and processes.is_writer, log=lambda m: print(m, flush=True),
             sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
             sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)

@@ -297,7 +297,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
                      timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
                      calibration_batch_count: int = 12, calibration_batch_size: Optional[int] = None,
                      limit: Optional[int] = None, codec: str = "float",
-                     schedule: str = "exponential", eta0: float = 0.15, gamma: float = 0.95,
+                     schedule: str = "exponential", spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95,
                      progress: bool = True, log: Callable[[str], None] = print,
                      devices: Optional[Sequence] = None, dtype: Optional[str] = None,
                      resume: bool = True, save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None,
@@ -324,7 +324,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
     identity = dict(model=config["model"], checkpoint_step=config.get("checkpoint_step"))
     extra = dict(checkpoint_step=config.get("checkpoint_step"), epochs_done=config.get("epochs_done"))
     return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
-                          schedule=schedule, progress=progress, log=log, devices=devices, resume=resume,
+                          schedule=schedule, spread=spread, progress=progress, log=log, devices=devices, resume=resume,
                           save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
                           diagnose=diagnose, extra=extra, t_start=t_start)
 
@@ -362,7 +362,7 @@ def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: 
                         calibration_batch_count: int = PRETRAINED_CALIBRATION_BATCHES,
                         calibration_batch_size: Optional[int] = PRETRAINED_CALIBRATION_BATCH_SIZE,
                         limit: Optional[int] = None, codec: str = "float", schedule: str = "exponential",
-                        eta0: float = 0.15, gamma: float = 0.95, progress: bool = True,
+                        spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95, progress: bool = True,
                         log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
                         dtype: Optional[str] = None, resume: bool = True, save_every_s: float = 30.0,
                         sweep_eta0=None, sweep_gamma=None, diagnose: bool = False) -> dict:
@@ -395,7 +395,7 @@ def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: 
                     source=source, preprocessing=pretrained["preprocessing"])
     extra = dict(checkpoint_step=None, epochs_done=None, pretrained=pretrained)
     return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
-                          schedule=schedule, progress=progress, log=log, devices=devices, resume=resume,
+                          schedule=schedule, spread=spread, progress=progress, log=log, devices=devices, resume=resume,
                           save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
                           diagnose=diagnose, extra=extra, t_start=t_start)
 
@@ -435,7 +435,8 @@ def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp
 
 
 def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
-                   data_dir: Optional[str], schedule: str = "exponential", progress: bool = True,
+                   data_dir: Optional[str], schedule: str = "exponential", spread: Optional[float] = None,
+                   progress: bool = True,
                    log: Callable[[str], None] = print, devices: Optional[Sequence] = None, resume: bool = True,
                    save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None, diagnose: bool = False,
                    extra: Optional[dict] = None, t_start: Optional[float] = None) -> dict:
@@ -455,6 +456,8 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     timesteps, dtype, batch_size = s["timesteps"], s["dtype"], s["batch_size"]
     eta0, gamma, codec = s["eta0"], s["gamma"], s["codec"]
     sweeping = sweep_eta0 is not None or sweep_gamma is not None
+    if spread is not None and not (isinstance(spread, (int, float)) and np.isfinite(spread) and spread > 0):
+        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}")
     if schedule == "auto" and jax.process_count() > 1:
         raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
                            "multi-process options")
@@ -480,7 +483,7 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     if resume and not sweeping:
         store = ProgressStore(workdir, dict(
             identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps,
-            codec=codec, schedule=schedule, eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
+            codec=codec, schedule=schedule, spread=spread, eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
             calibration_batch_size=s["calibration_batch_size"], calibration_batches=len(calib),
             calibration_seed=CALIBRATION_SEED), save_every_s, log)
     ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress, store)
@@ -491,7 +494,8 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
         t0 = time.perf_counter()
         try:
             snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec,
-                                     schedule="exponential" if schedule == "auto" else schedule, eta0=eta0, gamma=gamma)
+                                     schedule="exponential" if schedule == "auto" else schedule, eta0=eta0, gamma=gamma,
+                                     spread=spread if get_dynamics(name).takes_spread else None)
         except signgd_jax.UnsupportedOperation as e:
             per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
                                       spike_statistics=None, timings=None)
@@ -542,7 +546,7 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
         **(extra or {}),
         num_test_images=n,
         timesteps=list(timesteps),
-        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, eta0=eta0, gamma=gamma,
+        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, spread=spread, eta0=eta0, gamma=gamma,
                       dtype=dtype or "float32",
                       batch_size=batch_size, eval_batch_size=eval_batch, limit=s["limit"],
                       data_dir=data_dir),
