@@ -36,6 +36,9 @@ ETA0_GRID = (0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0)
 # depends on T, so short runs may decay fast and long runs slowly
 DECAY_GRID = (0.03, 0.1, 0.2, 0.35, 0.6, 1.0)
 TUNING_IMAGES = 256  # calibration images scored per grid point (the first ones given)
+# Longer runs keep the SNN's own schedule: by then the default is as accurate as the ANN on every
+# model we measured, and a grid over T steps costs T times a grid over one step.
+MAX_TUNED_TIMESTEPS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,11 @@ class ScheduleChoice:
         return {k: tuple(v) for k, v in out.items()}
 
     def as_dict(self) -> dict:
-        return {str(t): dict(eta0=e, gamma=g, agreement=a, logit_error=m) for t, e, g, a, m in
+        """``{"T": {eta0, gamma, agreement, logit_error}}`` for JSON (None where not scored)."""
+        def number(v):
+            return None if np.isnan(v) else v
+
+        return {str(t): dict(eta0=e, gamma=g, agreement=number(a), logit_error=number(m)) for t, e, g, a, m in
                 zip(self.timesteps, self.eta0, self.gamma, self.agreement, self.logit_error)}
 
 
@@ -83,7 +90,8 @@ def gamma_for(decay: float, timesteps: int) -> float:
 
 def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 16, 32, 64), *,
                   eta0: Sequence[float] = ETA0_GRID, decay: Sequence[float] = DECAY_GRID,
-                  images: int = TUNING_IMAGES, devices: Optional[Sequence[jax.Device]] = None) -> ScheduleChoice:
+                  images: int = TUNING_IMAGES, max_timesteps: int = MAX_TUNED_TIMESTEPS,
+                  devices: Optional[Sequence[jax.Device]] = None) -> ScheduleChoice:
     """For each T of ``timesteps``, the exponential schedule of the grid ``eta0`` x ``decay``
     (``decay = eta_T / eta0``, so ``gamma = decay**(1/(T-1))``) under which ``snn`` agrees best
     with its ANN on the first ``images`` calibration images.
@@ -91,7 +99,8 @@ def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 
     ``calibration_batches``: the forms :func:`signgd_jax.convert` takes (use the training images
     the SNN was calibrated on; scoring on test images would overstate the accuracy). The ANN's
     own predictions are the labels, so no labels are needed. Each T is one compiled sweep of its
-    grid over T steps.
+    grid over T steps. A T above ``max_timesteps`` keeps the SNN's own schedule (its scores are
+    NaN: not measured).
     """
     if snn.schedule.kind != "exponential" or snn.schedule.fn is not None:
         raise ValueError("schedule tuning searches the exponential schedule; this SNN has "
@@ -108,6 +117,9 @@ def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 
     ann = np.asarray(jax.jit(snn.apply_fn)(snn.variables, x))
     rows = []
     for t in timesteps:
+        if t > max_timesteps:
+            rows.append((float(snn.schedule.eta0), float(snn.schedule.gamma), float("nan"), float("nan")))
+            continue
         gammas = sorted({gamma_for(d, t) for d in decay})
         accuracy, logits = sweep(snn, [(x, ann.argmax(-1))], eta0=list(eta0), gamma=gammas, timesteps=(t,),
                                  devices=devices, return_logits=True)

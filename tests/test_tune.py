@@ -55,6 +55,10 @@ def test_the_chosen_point_is_the_best_of_separate_runs(network):
         default = np.asarray(sg.simulate(snn, x[:32], timesteps=(t,)))[0]
         assert choice.agreement[k] >= np.mean(default.argmax(-1) == ann[:32].argmax(-1))
     assert choice.as_dict()[str(TIMESTEPS[0])]["eta0"] == choice.eta0[0]
+    # a budget above max_timesteps keeps the SNN's own schedule, unscored
+    longer = tune_schedule(snn, x, (4, 9), eta0=ETA0, decay=DECAY, images=32, max_timesteps=4)
+    assert longer.point(4) == choice.point(4) and longer.point(9) == pytest.approx((0.15, 0.95))
+    assert np.isnan(longer.agreement[1])
 
 
 def test_simulate_tuned_runs_each_budget_with_its_own_schedule(network):
