@@ -253,11 +253,11 @@ class Dynamics:
 
 PAPER = Dynamics("paper", signgd_neuron, _relu_scaling, kinds=kinds.ELEMENTWISE_KINDS, kinds_text="elementwise neurons "
                  "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')",
-                 expands=("layer_norm",))
+                 expands=("layer_norm", "max_pool"))
 IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True, takes_spread=True)
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
                               encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",
-                              kinds_text="ReLU networks")
+                              kinds_text="ReLU networks", expands=("max_pool",))
 DYNAMICS = {d.name: d for d in (PAPER, IMPROVED, INTEGRATE_AND_FIRE)}
 MODES = tuple(DYNAMICS)
 

@@ -44,6 +44,19 @@ sizes as every other neuron, so their state is the size of the ANN's activation.
   ``x1/sqrt(x2)`` neurons (:mod:`signgd_jax.expand`); ``normalized_scale=None`` (written with
   ``signgd_jax.nn.normalize``) is a vector neuron in every mode.
 
+* ``max_pool`` (options ``window_dimensions``, ``window_strides``, ``padding``: one entry per
+  axis of the input, batch axis included, where they are ``1``, ``1``, ``(0, 0)``):
+  ``phi(x) = lax.reduce_window(x, max)`` over each window (no dilation), padding filled with
+  -1e9 (never wins). One neuron per *pooled output* element, where the chain of binary
+  ``maximum`` neurons (one axis after the other) has one per element of every partial maximum
+  and is as many neuron layers deep as the window has pooled axes (a 2x2 pool: two, a global
+  max over ``n`` positions: ``n - 1``). Strict tie rule, like ``maximum``; range unbounded
+  (the hull of the inputs' ranges), calibrated per position in improved mode. Max-pooling
+  (``signgd_jax.nn.max_pool`` / ``reduce_window_max`` / ``reduce_max``, or ``flax.linen.max_pool``,
+  ``lax.reduce_window`` max and ``jnp.max`` recognised) is one such site: paper mode and the
+  ``if`` baseline take it apart into exactly that chain (:mod:`signgd_jax.expand`; the
+  baseline's max of spikes needs ``maximum`` sites); ``chain=True`` writes the chain itself.
+
 Paper mode (output estimates start at 0, reach at most ``eta0 / (1 - gamma)``) does not convert
 vector neurons (``ELEMENTWISE_KINDS`` lists what it does): a network written with them is
 refused there by the kinds' names; write the reference's decomposition with elementwise sites
@@ -136,6 +149,55 @@ def _normalized(x, axis=(-1,), epsilon=1e-6, normalized_scale=None):
     return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=axis, keepdims=True) + epsilon)
 
 
+_NEVER_WINS = -1e9  # the padding of a max-pooling window (what the binary max chain pads with)
+
+
+def _window_max(x, window_dimensions=(), window_strides=(), padding=()):
+    """``lax.reduce_window`` max over windows of ``x`` (one size, stride and ``(low, high)``
+    padding per axis, no dilation), the padding filled with -1e9 (never wins a max)."""
+    padding = tuple(tuple(p) for p in padding)
+    if any(p != (0, 0) for p in padding):
+        x = jnp.pad(x, padding, constant_values=_NEVER_WINS)
+    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, tuple(window_dimensions),
+                                 tuple(window_strides), "VALID")
+
+
+_WINDOW_OPTIONS = ("window_dimensions", "window_strides", "padding")
+
+
+def _window_batched(options: dict) -> dict:
+    """Window options for an input with one more leading axis (a window of 1 along it)."""
+    return {**options, "window_dimensions": (1, *options["window_dimensions"]),
+            "window_strides": (1, *options["window_strides"]), "padding": ((0, 0), *options["padding"])}
+
+
+def _window_check(options: dict, shapes) -> str | None:
+    (shape,) = shapes
+    lengths = {len(options[k]) for k in _WINDOW_OPTIONS}
+    if lengths != {len(shape)}:
+        return (f"its window options {', '.join(f'{k}={options[k]!r}' for k in _WINDOW_OPTIONS)} do not give one "
+                f"entry per axis of its input of shape {tuple(shape)}")
+    if shape and (options["window_dimensions"][0], options["window_strides"][0], tuple(options["padding"][0])) \
+            != (1, 1, (0, 0)):
+        return "it pools along axis 0, which holds the batch: it would mix the samples of a batch"
+    return None
+
+
+def _window_batch_first(options: dict, axes, ndims):
+    """max_pool on an input holding the batch at ``axes[0]``: the per-axis options permuted so
+    that the batch comes first (the output keeps the input's layout). A window that is not
+    ``1 / 1 / (0, 0)`` along the batch would mix samples: a ValueError."""
+    (a,), (n,) = axes, ndims
+    if a is None:
+        return options, [None], None
+    if any(len(options[k]) != n for k in _WINDOW_OPTIONS):
+        raise ValueError(f"its window options do not give one entry per axis of its {n}-dimensional input")
+    if (options["window_dimensions"][a], options["window_strides"][a], tuple(options["padding"][a])) != (1, 1, (0, 0)):
+        raise ValueError(f"it pools along axis {a}, which holds the batch: it would mix the samples of a batch")
+    order = [a] + [k for k in range(n) if k != a]
+    return {**options, **{k: tuple(options[k][i] for i in order) for k in _WINDOW_OPTIONS}}, [a], a
+
+
 def _bilinear(x1, x2, subscripts=""):
     return jnp.einsum(subscripts, x1, x2)
 
@@ -213,6 +275,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("softmax", 1, _softmax, _softmax, False, (0.0, 1.0), elementwise=False, batch_first=_axis_batch_first),
     Kind("layer_norm", 1, _normalized, _normalized, False, (-_INF, _INF), elementwise=False,
          batch_first=_axis_batch_first),
+    Kind("max_pool", 1, _window_max, _window_max, False, (-_INF, _INF), elementwise=False,
+         batched_options=_window_batched, check=_window_check, batch_first=_window_batch_first),
     Kind("bilinear", 2, _bilinear, _bilinear, False, (-_INF, _INF), elementwise=False, own_shapes=True,
          batched_options=_bilinear_batched, check=_bilinear_check, batch_first=_bilinear_batch_first),
 )}

@@ -29,24 +29,29 @@ divide         2       ``x1 / x2``                                same (compares
 =============  ======  =========================================  =========================
 
 Vector sites (one neuron per *output* element, whose target reads several input elements;
-:mod:`signgd_jax.kinds` documents targets, tie rules and ranges; improved mode only):
+:mod:`signgd_jax.kinds` documents targets, tie rules and ranges; improved mode, except where
+paper mode takes a site apart, see below):
 
 =============  ======  =========================================  =========================
 kind           inputs  ANN operation and target ``phi``           function
 =============  ======  =========================================  =========================
 softmax        1       ``jax.nn.softmax(x, axis)``                :func:`softmax`
 layer_norm     1       ``(x - mean) / sqrt(var + eps)`` on axis   :func:`normalize`
+max_pool       1       ``lax.reduce_window`` max (per-axis        :func:`max_pool`,
+                       window, strides, padding)                  :func:`reduce_window_max`
 bilinear       2       ``einsum(subscripts, x1, x2)``             :func:`einsum`, :func:`matmul`
 =============  ======  =========================================  =========================
 
 A bilinear site's inputs keep their own shapes; every other binary site broadcasts its inputs
 to one shape.
 
-Composite operators are plain JAX code over elementary sites, exactly the paper's
-decompositions: :func:`max_pool` (binary max neurons, first along the height, then along the
-width) and :func:`layer_norm` (linear centring, a square neuron, a linear mean plus eps, an
-``x1/sqrt(x2)`` neuron, a linear affine). Their ANN values equal the usual operators to float
-tolerance.
+Max-pooling and LayerNorm are one site each that every dynamics converts its own way:
+improved mode as one vector neuron per output element, paper mode (and, for max-pooling, the
+``if`` baseline) as the paper's decompositions over elementary sites (:mod:`signgd_jax.expand`):
+binary max neurons, first along the height, then along the width (``max_pool(..., chain=True)``
+writes them directly), and linear centring, a square neuron, a linear mean plus eps, an
+``x1/sqrt(x2)`` neuron, a linear affine (:func:`decomposed_layer_norm`). Their ANN values
+equal the usual operators to float tolerance.
 
 Plain ``jax.nn.relu`` / ``flax.linen.relu`` (``max(x, 0)``) are recognised as ReLU sites too.
 """
@@ -291,21 +296,29 @@ def _pads(padding, window, size, stride):
     return tuple(padding)
 
 
-def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | None = None, padding="VALID"):
-    """Max-pooling of an NHWC array as binary max neurons: first along H, then along W.
+def max_pool(x, window_shape: Sequence[int] = (2, 2), strides: Sequence[int] | None = None, padding="VALID",
+             chain: bool = False):
+    """Max-pooling of an NHWC array (the window over the axes after the batch), padding -1e9.
 
-    For a 2x2 window row 2i meets row 2i+1 (giving H/2), then column 2j meets column 2j+1.
-    Larger windows chain the pairs in the same order; padding uses -1e9.
+    Default: one ``max_pool`` site (:func:`reduce_window_max`), which improved mode converts as
+    one vector neuron per pooled output, and paper mode and the ``if`` baseline as binary max
+    neurons: first along H, then along W (for a 2x2 window row 2i meets row 2i+1, giving H/2,
+    then column 2j meets column 2j+1; larger windows chain the pairs in the same order).
+    ``chain=True``: always those binary max neurons.
     """
+    x = jnp.asarray(x)
     strides = tuple(strides or window_shape)
     window_shape = tuple(window_shape)
+    if len(window_shape) != len(strides) or len(window_shape) > x.ndim - 1:
+        raise ValueError(f"max_pool of an array of shape {x.shape} needs one window size and stride per axis after "
+                         f"the batch, got window_shape={window_shape}, strides={strides}")
     if isinstance(padding, str):
         pads = [_pads(padding, w, x.shape[1 + i], s) for i, (w, s) in enumerate(zip(window_shape, strides))]
     else:
         pads = [tuple(p) for p in padding]
-    for i, (w, s, p) in enumerate(zip(window_shape, strides, pads)):
-        x = _pool_axis(x, 1 + i, w, s, p)
-    return x
+    rest = x.ndim - 1 - len(window_shape)
+    return reduce_window_max(x, (1, *window_shape) + (1,) * rest, (1, *strides) + (1,) * rest,
+                             ((0, 0), *pads) + ((0, 0),) * rest, chain=chain)
 
 
 def layer_norm(x, scale=None, bias=None, epsilon: float = 1e-6, normalized_scale: float = 1.0,
@@ -376,18 +389,36 @@ class LayerNorm(nn.Module):
 
 # ----------------------------------------------------------------------------- any layout
 def reduce_window_max(x, window_dimensions: Sequence[int], window_strides: Sequence[int],
-                      padding: Sequence[tuple[int, int]]):
-    """``lax.reduce_window`` max (no dilation) of any layout as binary max neurons, one axis
-    after the other in axis order (for NHWC windows exactly :func:`max_pool`)."""
-    for axis, (w, s, p) in enumerate(zip(window_dimensions, window_strides, padding)):
-        if (w, s, tuple(p)) != (1, 1, (0, 0)):
-            x = _pool_axis(x, axis, w, s, tuple(p))
-    return x
+                      padding: Sequence[tuple[int, int]], chain: bool = False):
+    """``lax.reduce_window`` max (no dilation) of any layout, padding -1e9 (never wins a max).
+
+    Default: one ``max_pool`` site with these options (one vector neuron per output in improved
+    mode; paper mode and the ``if`` baseline take it apart into the chain). ``chain=True``:
+    binary max neurons, one axis after the other in axis order (for NHWC windows exactly
+    :func:`max_pool`'s H-then-W pairs). Windows of size 1 everywhere have no neuron (strides and
+    padding alone are affine)."""
+    x = jnp.asarray(x)
+    options = dict(window_dimensions=tuple(int(w) for w in window_dimensions),
+                   window_strides=tuple(int(s) for s in window_strides),
+                   padding=tuple((int(lo), int(hi)) for lo, hi in padding))
+    if any(len(v) != x.ndim for v in options.values()):
+        raise ValueError(f"reduce_window_max of an array of shape {x.shape} needs one window size, stride and "
+                         f"padding per axis, got {options}")
+    if chain or all(w == 1 for w in options["window_dimensions"]):
+        for axis, (w, s, p) in enumerate(zip(*options.values())):
+            if (w, s, p) != (1, 1, (0, 0)):
+                x = _pool_axis(x, axis, w, s, p)
+        return x
+    return site("max_pool", x, **options)
 
 
-def reduce_max(x, axes: Sequence[int]):
-    """``jnp.max(x, axis=axes)`` as chains of binary max neurons (one axis after the other)."""
-    axes = sorted(a % x.ndim for a in axes)
-    for axis in axes:
-        x = _pool_axis(x, axis, x.shape[axis], x.shape[axis], (0, 0))
+def reduce_max(x, axes: Sequence[int], chain: bool = False):
+    """``jnp.max(x, axis=axes)``: one ``max_pool`` site whose window is the whole of ``axes``
+    (then those axes dropped); ``chain=True`` (and paper mode and the ``if`` baseline): a chain of
+    binary max neurons per axis, one axis after the other, ``n - 1`` neuron layers deep for ``n``
+    elements."""
+    x = jnp.asarray(x)
+    axes = sorted({a % x.ndim for a in axes})
+    window = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+    x = reduce_window_max(x, window, window, ((0, 0),) * x.ndim, chain=chain)
     return jnp.squeeze(x, axis=tuple(axes))

@@ -20,9 +20,10 @@ operations whose operand depends on the network input (*dynamic*):
   ``a * b`` of two activations -> product; ``a / b`` with a dynamic denominator -> divide;
   ``rsqrt(x)`` -> ``rsqrt_mul(1, x)``;
   ``reduce_window_max`` (``nn.max_pool``, ``lax.reduce_window`` with ``lax.max``; any window,
-  stride and padding, no dilation) -> the binary max neurons of ``signgd_jax.nn.max_pool``
-  (one axis after the other, in axis order: for NHWC the height, then the width);
-  ``reduce_max`` (``jnp.max`` over axes) -> the same chains over whole axes;
+  stride and padding, no dilation) -> one ``max_pool`` site (``signgd_jax.nn.reduce_window_max``;
+  paper mode and the ``if`` baseline take it apart into binary max neurons, one axis after the
+  other, in axis order: for NHWC the height, then the width);
+  ``reduce_max`` (``jnp.max`` over axes) -> the same site with whole axes as the window;
   ``dot_general`` of two activations (``jnp.einsum``, ``@``, ``jnp.matmul``, the two contractions
   of ``jax.nn.dot_product_attention`` and ``flax.linen.MultiHeadDotProductAttention``) -> one
   bilinear vector neuron with the equivalent einsum subscripts (batch axes, then the first

@@ -200,7 +200,8 @@ def _literal_signgd(snn, x, num_steps):
 
     sites = snn.sites
     xs = {n: [jnp.broadcast_to(a, (x.shape[0], *a.shape[1:])) for a in p["a0"]] for n, p in sites.items()}
-    vs = {n: jnp.zeros_like(v[0]) for n, v in xs.items()}
+    # output estimates shaped like the target (a vector neuron's output need not be input-shaped)
+    vs = {n: jnp.zeros_like(nn.ann_op(sites[n].kind, sites[n].options)(*v)) for n, v in xs.items()}
     y, f, out = jnp.broadcast_to(snn.decoder["a0"], (x.shape[0], 10)), jnp.zeros_like(x), []
     for eta in snn.schedule.step_sizes(num_steps):
         emitted, f = encode(snn.codec, f, x, eta, exact=snn.mode == "improved")
