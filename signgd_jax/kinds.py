@@ -158,7 +158,7 @@ def _window_max(x, window_dimensions=(), window_strides=(), padding=()):
     padding = tuple(tuple(p) for p in padding)
     if any(p != (0, 0) for p in padding):
         x = jnp.pad(x, padding, constant_values=_NEVER_WINS)
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, tuple(window_dimensions),
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, tuple(window_dimensions),
                                  tuple(window_strides), "VALID")
 
 

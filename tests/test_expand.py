@@ -133,6 +133,12 @@ def test_a_max_pool_site_computes_the_chain_and_the_flax_pooling():
     sites = [e for e in jaxpr.jaxpr.eqns if e.primitive is sg.nn.site_p]
     assert [(e.params["kind"], dict(e.params["options"])) for e in sites] == [
         ("max_pool", dict(window_dimensions=(1, 3, 3, 1), window_strides=(1, 2, 2, 1), padding=((0, 0),) * 4))]
+    # training differentiates it (under jit) like the chain
+    def loss(pool):
+        return jax.jit(jax.grad(lambda a: jnp.sum(pool(a) ** 2)))(x)
+
+    np.testing.assert_allclose(loss(lambda a: sg.nn.max_pool(a, (3, 3), (2, 2), "SAME")),
+                               loss(lambda a: sg.nn.max_pool(a, (3, 3), (2, 2), "SAME", chain=True)), rtol=1e-6)
     # vmap adds a leading window of 1
     np.testing.assert_array_equal(jax.vmap(lambda a: sg.nn.max_pool(a, (2, 2)))(x[None])[0], sg.nn.max_pool(x, (2, 2)))
     with pytest.raises(ValueError, match="one window size"):
