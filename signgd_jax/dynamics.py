@@ -204,7 +204,8 @@ class Dynamics:
     site_units(kind, statistics, spread) -> the Site fields (in_scale, out_scale, out_offset);
     spread: improved mode's range in standard deviations (None: the largest deviation);
     expands: the site kinds it converts as their decomposition (paper mode: a LayerNorm as the
-    reference's square and x1/sqrt(x2) neurons, :mod:`signgd_jax.expand`);
+    reference's square and x1/sqrt(x2) neurons, max-pooling as binary max neurons; the baseline
+    the latter too; :mod:`signgd_jax.expand`);
     passes_probe(kind): whether a site forwards its inputs in the probe pass (a stateless
     operation) instead of emitting ones/zeros; step_sizes(schedule, T);
     network_input(codec) -> fn(state, images, eta, key) -> (network input, state) (the codec,
