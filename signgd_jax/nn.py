@@ -358,6 +358,40 @@ def decomposed_layer_norm(x, axis=(-1,), epsilon: float = 1e-6, normalized_scale
     return rsqrt_mul(centred, variance)
 
 
+# ----------------------------------------------------------------------------- modules
+class ReLU(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return relu(x)
+
+
+class LeakyReLU(nn.Module):
+    negative_slope: float = 0.01
+
+    @nn.compact
+    def __call__(self, x):
+        return leaky_relu(x, self.negative_slope)
+
+
+class GELU(nn.Module):
+    approximate: bool | str = True
+
+    @nn.compact
+    def __call__(self, x):
+        return gelu(x, self.approximate)
+
+
+class MaxPool(nn.Module):
+    window_shape: Sequence[int] = (2, 2)
+    strides: Sequence[int] | None = None
+    padding: str | Sequence[tuple[int, int]] = "VALID"
+    chain: bool = False  # True: always binary max neurons (see max_pool)
+
+    @nn.compact
+    def __call__(self, x):
+        return max_pool(x, self.window_shape, self.strides, self.padding, self.chain)
+
+
 class LayerNorm(nn.Module):
     """Drop-in for ``flax.linen.LayerNorm`` (same parameter names ``scale`` and ``bias``).
 
