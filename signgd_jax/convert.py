@@ -155,6 +155,18 @@ def _probe(run, leaves, example, units, dynamics):
     return a0s, offsets, Decoder(a0=logits_zero, offset=logits_one + logits_zero)
 
 
+def check_spread(spread, takes_spread: bool = True, dynamics: str = "improved"):
+    """``spread`` as a float (None stays None); a ValueError unless it is a positive finite number
+    of standard deviations for a dynamics that takes one (improved mode)."""
+    if spread is None:
+        return None
+    if (not takes_spread or isinstance(spread, bool) or not isinstance(spread, (int, float, np.number))
+            or not np.isfinite(spread) or spread <= 0):
+        raise ValueError(f"spread applies to dynamics='improved' and is a positive number of standard "
+                         f"deviations, got spread={spread!r} with dynamics={dynamics!r}")
+    return float(spread)
+
+
 def convert(model, variables, calibration_batches: Iterable, dynamics: str = "paper", *, codec: str = "float",
             schedule="exponential", eta0: float = 0.15, gamma: float = 0.95, fold_bn: bool = True,
             spread: float | None = None) -> SNN:
@@ -185,12 +197,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
       ValueError / TypeError: bad arguments, NaN or Inf in the calibration images.
     """
     chosen = get_dynamics(dynamics)
-    if spread is not None:
-        if (not chosen.takes_spread or isinstance(spread, bool) or not isinstance(spread, (int, float, np.number))
-                or not np.isfinite(spread) or spread <= 0):
-            raise ValueError(f"spread applies to dynamics='improved' and is a positive number of standard "
-                             f"deviations, got spread={spread!r} with dynamics={chosen.name!r}")
-        spread = float(spread)
+    spread = check_spread(spread, chosen.takes_spread, chosen.name)
     check_codec(codec)
     apply_fn, variables = model_and_variables(model, variables)
     batches = calibration_arrays(calibration_batches)

@@ -6,9 +6,9 @@ steps, and near its target it oscillates by about ``r eta_T``. The default (0.15
 compromise for long runs; for a given T a schedule can be much better (see
 ``results/ablations.md``). :func:`tune_schedule` picks, for each T, the grid point whose SNN agrees
 best with the ANN on calibration images (the training images the SNN was calibrated on, never
-test images): most top-1 agreements, ties broken by the smaller mean squared logit error. The
-grid is simulated as one compiled ``vmap`` (:func:`signgd_jax.sweep`), so every T is scored from
-one run of ``max(timesteps)`` steps.
+test images): most top-1 agreements, ties broken by the smaller mean squared logit error. Each
+T's grid (its gamma values depend on T) is simulated as one compiled ``vmap`` over T steps
+(:func:`signgd_jax.sweep`); T above ``max_timesteps`` keeps the SNN's own schedule.
 
     choice = tune_schedule(snn, calibration_images, timesteps=(8, 16, 32))
     logits = simulate_tuned(snn, choice, test_images)     # [3, batch, classes], T=8 with its own schedule...

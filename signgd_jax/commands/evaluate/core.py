@@ -19,7 +19,7 @@ import numpy as np
 
 import signgd_jax
 from signgd_jax import data, metrics
-from signgd_jax.convert import MODES, as_apply_fn
+from signgd_jax.convert import MODES, as_apply_fn, check_spread
 from signgd_jax.dynamics import CODECS, get as get_dynamics
 from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, progress_bar
@@ -456,8 +456,10 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     timesteps, dtype, batch_size = s["timesteps"], s["dtype"], s["batch_size"]
     eta0, gamma, codec = s["eta0"], s["gamma"], s["codec"]
     sweeping = sweep_eta0 is not None or sweep_gamma is not None
-    if spread is not None and not (isinstance(spread, (int, float)) and np.isfinite(spread) and spread > 0):
-        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}")
+    try:
+        check_spread(spread)
+    except ValueError:
+        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}") from None
     if schedule == "auto" and jax.process_count() > 1:
         raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
                            "multi-process options")
