@@ -1,7 +1,9 @@
 """Multi-process evaluation (signgd_jax.commands.evaluate.distributed): the per-process data
 split, the flags and environment, process-0-only writing, and two real processes on this
 machine (CPU, gloo collectives, a localhost coordinator) whose results.json equals the
-single-process run's, also when resuming a run interrupted in a single process.
+single-process run's, also when resuming a run interrupted in a single process; and processes
+whose settings or inputs differ (one with --eta0 0.2, one with other weights) all stopping with
+status 2 and the same one line naming the first difference.
 """
 import json
 import os
@@ -310,3 +312,145 @@ def test_two_processes_write_the_single_process_results(workdir, capsys, monkeyp
     expected = _comparable(reference)
     expected.pop("command")
     assert comparable == expected
+
+
+# ----------------------------------------------------------------------------- processes agree or stop
+
+
+def _verdict(*item_lists):
+    """What every process of a run with these settings (one list per process) concludes."""
+    encodings = np.stack([distributed.encode_settings(items) for items in item_lists])
+    return distributed.disagreement(encodings, [name for name, _ in item_lists[0]], "command options")
+
+
+def test_equal_settings_agree_and_the_first_difference_is_named():
+    base = [("--timesteps", "1,4"), ("--dynamics", "improved"), ("--eta0", 0.15), ("--gamma", 0.95)]
+    assert _verdict(base, list(base), list(base)) is None
+    other = [*base[:2], ("--eta0", 0.2), ("--gamma", 0.9)]
+    message = _verdict(base, other)
+    assert message == ("the processes disagree on --eta0 (process 0: 0.15; process 1: 0.2): start every "
+                       "process with the same command options")
+    # more processes: grouped by value
+    assert "(processes 0, 2: 0.15; process 1: 0.2)" in _verdict(base, other, base)
+    # a value that differs only in type or beyond the text shown is still a difference
+    assert "on --eta0" in _verdict(base, [*base[:2], ("--eta0", "0.15"), base[3]])
+    long_a, long_b = "x" * 100 + "a", "x" * 100 + "b"
+    message = _verdict([("--model", long_a)], [("--model", long_b)])
+    assert message.startswith("the processes disagree on --model (process 0: xxx") and "..." in message
+    # other lists of names (another version on one host): said so, not a wrong name
+    assert "different lists of command options" in _verdict(base, base[:3])
+
+
+def test_one_process_compares_nothing():
+    calls = []
+    distributed.agree([("--eta0", 0.15)], distributed.Processes(0, 1), gather=calls.append)
+    assert calls == []
+
+
+def test_a_disagreement_is_the_same_one_line_error_on_every_process():
+    mine, theirs = [("--eta0", 0.15), ("--gamma", 0.95)], [("--eta0", 0.2), ("--gamma", 0.95)]
+    everyone = np.stack([distributed.encode_settings(mine), distributed.encode_settings(theirs)])
+    messages = []
+    for index, items in enumerate((mine, theirs)):
+        with pytest.raises(ConvertError) as e:
+            distributed.agree(items, distributed.Processes(index, 2), gather=lambda encoding: everyone)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and "\n" not in messages[0] and "--eta0" in messages[0]
+    distributed.agree(mine, distributed.Processes(0, 2), gather=lambda e: np.stack([e, e]))  # agree: no error
+
+
+def test_the_encoding_has_one_size():
+    assert distributed.encode_settings([]).shape == distributed.encode_settings(
+        [(f"s{i}", "v" * 500) for i in range(distributed.SETTING_ROWS - 1)]).shape
+    with pytest.raises(ValueError, match="at most"):
+        distributed.encode_settings([(f"s{i}", i) for i in range(distributed.SETTING_ROWS)])
+
+
+def test_command_settings_cover_the_options_that_decide_the_numbers():
+    from signgd_jax.commands.evaluate.cli import parser
+
+    p = parser()
+    common = ["--timesteps", "1,4", "--coordinator-address", "h:1", "--num-processes", "2"]
+    a = p.parse_args(["--workdir", "/host_a/w", *common, "--process-id", "0", "--data-dir", "/a"])
+    b = p.parse_args(["--workdir", "/host_b/w", *common, "--process-id", "1", "--no-progress"])
+    settings_a, settings_b = distributed.command_settings(p, a), distributed.command_settings(p, b)
+    names = [name for name, _ in settings_a]
+    assert {"--timesteps", "--dynamics", "--eta0", "--gamma", "--schedule", "--codec", "--dataset", "--model",
+            "--limit", "--batch-size", "--dtype", "--spread", "the jax version", "the signgd_jax code"} <= set(names)
+    assert not {"--workdir", "--data-dir", "--weights", "--no-progress", "--process-id"} & set(names)
+    assert settings_a == settings_b  # only per-host options differ: they agree
+    c = p.parse_args(["--workdir", "w", *common, "--process-id", "1", "--eta0", "0.2"])
+    assert dict(distributed.command_settings(p, c))["--eta0"] == 0.2
+
+
+def test_input_settings_compare_weight_and_image_contents_not_paths():
+    class Split:
+        name = "mnist5k"
+
+        def __len__(self):
+            return 40
+
+    weights = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    changed = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3) + np.float32(1e-6)}}
+    calib = [np.zeros((2, 4, 4, 1), np.float32)]
+    here = dict(model="m", weights=dict(path="/a/w.safetensors", bytes=10, mtime_ns=1), source="timm")
+    there = dict(here, weights=dict(path="/b/w.safetensors", bytes=10, mtime_ns=2))
+    same = distributed.input_settings(here, weights, Split(), calib)
+    assert same == distributed.input_settings(there, weights, Split(), [c.copy() for c in calib])
+    assert "the weights" in _verdict(same, distributed.input_settings(here, changed, Split(), calib))
+    assert "calibration images" in _verdict(same, distributed.input_settings(here, weights, Split(),
+                                                                             [calib[0] + 1]))
+
+
+def _run_both(commands, env):
+    """``(exit statuses, (stdout, stderr) per process)`` of processes that may fail."""
+    procs = [subprocess.Popen(c, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    try:
+        outs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], outs
+
+
+def test_two_processes_with_different_settings_both_stop_with_one_line(tmp_path):
+    """One process with --eta0 0.2, the other with the default: both exit 2 at start, before
+    anything is loaded, each with the same one line naming --eta0."""
+    address = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env = dict(env, PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu",
+               JAX_COORDINATOR_BIND_ADDRESS=address)
+    commands = [[sys.executable, "-m", "convert", "--workdir", str(tmp_path / f"w{pid}"), *ARGS,
+                 "--coordinator-address", address, "--num-processes", "2", "--process-id", str(pid),
+                 *(["--eta0", "0.2"] if pid == 1 else [])] for pid in (0, 1)]
+    statuses, outs = _run_both(commands, env)
+    expected = ("error: the processes disagree on --eta0 (process 0: 0.15; process 1: 0.2): start every "
+                "process with the same command options\n")
+    for status, (out, err) in zip(statuses, outs):
+        assert (status, err) == (2, expected), (status, out, err)
+    assert os.listdir(tmp_path) == []  # nothing was created or loaded
+
+
+def test_two_processes_with_different_weights_both_stop_with_one_line(workdir, mnist5k_dir):
+    """The same command on both, but process 1's copy of the workdir holds other weights (another
+    seed, the same model and step): both exit 2 once the inputs are loaded, naming the weights."""
+    from signgd_jax.commands import train
+
+    other = workdir.parent / "other_seed"
+    train.run(train.TrainConfig(model=f"{MODULE}:small", workdir=str(other), dataset="mnist5k", epochs=1,
+                                batch_size=64, limit_train=256, limit_test=64, data_dir=mnist5k_dir, progress=False,
+                                seed=1), log=lambda msg: None)
+    address = f"127.0.0.1:{_free_port()}"
+    commands = [[sys.executable, "-m", "convert", "--workdir", str(wd), *ARGS, "--coordinator-address", address,
+                 "--num-processes", "2", "--process-id", str(pid)]
+                for pid, wd in enumerate([_copy(workdir, "seed0"), other])]
+    env = _env(workdir, 1, JAX_COORDINATOR_BIND_ADDRESS=address)
+    statuses, outs = _run_both(commands, env)
+    errors = [err for _, err in outs]
+    assert statuses == [2, 2], outs
+    assert errors[0] == errors[1] and errors[0].count("\n") == 1, errors
+    assert errors[0].startswith("error: the processes disagree on the weights (digest of their values) (process 0: ")
+    assert not (workdir.parent / "seed0" / "results.json").exists() and not (other / "results.json").exists()

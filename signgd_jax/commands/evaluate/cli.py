@@ -16,7 +16,8 @@ chosen on calibration images (:func:`signgd_jax.tune_schedule`), recorded in res
 
 Exit status: 0 done; 2 bad input (unknown dataset / dynamics / codec, bad time-steps, missing,
 corrupt or mismatched checkpoint, dataset not prepared, NaN or Inf images, workdir in use by
-another process, a workdir where nothing can be written), with one line on stderr and no
+another process, a workdir where nothing can be written, processes of a multi-process run whose
+options or inputs differ: every process stops), with one line on stderr and no
 results file touched; 130 Ctrl-C (results.json not written; the progress so far is kept, and
 the same command resumes: see :mod:`~signgd_jax.commands.evaluate.progress`).
 """
@@ -125,6 +126,7 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
     created = False
     try:
         processes = distributed.start(args)  # a multi-process run when flags or environment say so
+        distributed.agree(distributed.command_settings(p, args), processes, "command options")
         common = dict(
             dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
             batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,

@@ -23,6 +23,7 @@ from signgd_jax.convert import MODES, as_apply_fn, check_spread
 from signgd_jax.dynamics import CODECS, get as get_dynamics
 from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, progress_bar
+from signgd_jax.commands.evaluate import distributed
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
 
@@ -476,6 +477,7 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     dp = DataParallel(devices)
     eval_batch = dp.round_up(min(batch_size, len(test_ds)))
     calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
+    distributed.agree_on_inputs(dp.processes, identity, variables, test_ds, calib)  # else exit 2 everywhere
     t_loaded = time.perf_counter()
     log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} batches, "
         f"{sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "

@@ -34,6 +34,18 @@ the progress files (its saved tallies are broadcast to the others when a run res
 :func:`broadcast_bytes`) and writes the results. Calibration is not split: every process reads
 the same dozen training batches and converts the same network.
 
+Agreement. Before any work every process compares its settings with the others'
+(:func:`agree`): first the command's options (:func:`command_settings`: all but the per-host
+ones, the workdir, data dir and weights path, progress bars and these three flags) with the
+versions of jax and of the signgd_jax code, then, once the model and calibration images are
+loaded, its inputs (:func:`input_settings`: the model, a digest of the weights' contents, the
+dataset and its test-image count, a digest of the calibration images). Each process contributes
+a fixed-size encoding of its settings (:func:`encode_settings`: a digest and a short text per
+setting) to ``multihost_utils.process_allgather``, so every process sees all of them and comes to
+the same verdict: on a mismatch every process raises the same one-line ConvertError naming the
+first setting that differs and each process's value (:func:`disagreement`), and the command exits
+with status 2 on every process.
+
 Every process needs the workdir's ``config.json`` and ``checkpoints/`` and the dataset; no
 shared file system is needed. Every process must have the same number of devices. When one
 process fails, the others stop at their next collective (an error of the collectives or of the
@@ -46,8 +58,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
+import hashlib
+import json
 import os
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -231,3 +246,153 @@ def gather_rows(local: np.ndarray, processes: Processes) -> np.ndarray:
 def process_devices(devices: Sequence[jax.Device]) -> list:
     """``devices`` ordered by process, then id: each process's rows of a batch are contiguous."""
     return sorted(devices, key=lambda d: (d.process_index, d.id))
+
+
+# ----------------------------------------------------------------------------- same settings everywhere
+
+SETTING_ROWS = 64  # settings an encoding holds, its first row the list of names
+DIGEST_BYTES = 16
+TEXT_BYTES = 48  # the start of each value's text, for the message
+ROW_BYTES = DIGEST_BYTES + TEXT_BYTES
+
+# Options that legitimately differ between hosts: where things are on this host (the contents of
+# the weights and data are compared by input_settings), display, and the process's own place.
+PER_HOST_OPTIONS = frozenset({"workdir", "data_dir", "weights", "progress", "coordinator_address",
+                              "num_processes", "process_id"})
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, default=repr).encode()
+
+
+def _text(value: Any) -> bytes:
+    """The start of ``value``'s text, at most :data:`TEXT_BYTES` bytes (cut ones end in ...)."""
+    text = (value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=repr)).encode()
+    if len(text) > TEXT_BYTES:
+        text = text[:TEXT_BYTES - 3].decode(errors="ignore").encode() + b"..."
+    return text
+
+
+def encode_settings(items: Sequence[tuple[str, Any]]) -> np.ndarray:
+    """``[SETTING_ROWS, ROW_BYTES]`` uint8, the same size for every list of settings: row 0 holds
+    a digest of the names in order, row ``i + 1`` a digest of setting ``i``'s name and value
+    (JSON) and the start of the value's text; the rest is zero."""
+    if len(items) >= SETTING_ROWS:
+        raise ValueError(f"{len(items)} settings: an encoding holds at most {SETTING_ROWS - 1}")
+    out = np.zeros((SETTING_ROWS, ROW_BYTES), np.uint8)
+    names = [name for name, _ in items]
+    out[0, :DIGEST_BYTES] = np.frombuffer(_digest(_canonical(names)), np.uint8)
+    for row, (name, value) in enumerate(items, start=1):
+        out[row, :DIGEST_BYTES] = np.frombuffer(_digest(_canonical([name, value])), np.uint8)
+        text = _text(value)
+        out[row, DIGEST_BYTES:DIGEST_BYTES + len(text)] = np.frombuffer(text, np.uint8)
+    return out
+
+
+def _shown(row: np.ndarray) -> str:
+    return bytes(row[DIGEST_BYTES:]).rstrip(b"\0").decode(errors="replace")
+
+
+def disagreement(encodings: np.ndarray, names: Sequence[str], what: str = "settings") -> Optional[str]:
+    """None when every process's encoding (``[processes, SETTING_ROWS, ROW_BYTES]``, from
+    :func:`encode_settings` with the settings ``names``) is the same; else one line naming the
+    first setting that differs and what each process has."""
+    encodings = np.asarray(encodings, np.uint8)
+    if (encodings[:, 0] != encodings[0, 0]).any():
+        return (f"the processes compare different lists of {what} (another version of signgd-jax on some "
+                "host?): run the same version everywhere")
+    for row, name in enumerate(names, start=1):
+        digests = encodings[:, row, :DIGEST_BYTES]
+        if (digests != digests[0]).any():
+            groups: dict[bytes, list[int]] = {}
+            for p in range(len(encodings)):
+                groups.setdefault(bytes(digests[p]), []).append(p)
+            shown = "; ".join(f"process{'es' if len(ps) > 1 else ''} {', '.join(map(str, ps))}: "
+                              f"{_shown(encodings[ps[0], row])}" for ps in groups.values())
+            return (f"the processes disagree on {name} ({shown}): start every process with the same "
+                    f"{what}")
+    return None
+
+
+def _gather(encoding: np.ndarray) -> np.ndarray:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(encoding))  # [processes, rows, bytes]
+
+
+def agree(items: Sequence[tuple[str, Any]], processes: Processes, what: str = "settings",
+          gather: Callable[[np.ndarray], np.ndarray] = _gather) -> None:
+    """Every process of a multi-process run compares ``items`` (``(name, value)`` pairs, the same
+    names in the same order on every process) with the others'; on any difference every process
+    raises the same one-line ConvertError (:func:`disagreement`). Nothing to do in one process."""
+    if not processes.multi:
+        return
+    message = disagreement(gather(encode_settings(items)), [name for name, _ in items], what)
+    if message is not None:
+        raise _config_error(message)
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """A digest of the signgd_jax package's Python files: the same on hosts that run the same code."""
+    import signgd_jax
+
+    root = os.path.dirname(os.path.abspath(signgd_jax.__file__))
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(f.read() + b"\0")
+    return h.hexdigest()
+
+
+def command_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """What must be the same on every process of a run before anything is loaded: every option
+    of ``parser`` as parsed into ``args`` (named by its flag, in ``--help`` order) except
+    :data:`PER_HOST_OPTIONS`, then the jax version and the signgd_jax code."""
+    items = [(action.option_strings[-1], getattr(args, action.dest))
+             for action in parser._actions
+             if action.option_strings and action.dest not in PER_HOST_OPTIONS and hasattr(args, action.dest)
+             and action.dest != "help"]
+    return [*items, ("the jax version", jax.__version__), ("the signgd_jax code", code_digest())]
+
+
+def tree_digest(tree) -> str:
+    """A digest of a pytree of arrays: its structure, and each leaf's path, dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    h.update(str(treedef).encode())
+    for path, leaf in leaves:
+        value = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{value.dtype}|{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def input_settings(identity: Mapping[str, Any], variables, test_ds, calibration: Sequence[np.ndarray]
+                   ) -> list[tuple[str, Any]]:
+    """What must be the same on every process once the inputs are loaded: the model (name, and a
+    published checkpoint's layout and preprocessing), the weights' contents (not their path or
+    file time, which differ between hosts), the dataset and its number of test images, and the
+    calibration images."""
+    items = [("the model", identity.get("model"))]
+    for key in ("checkpoint_step", "source", "preprocessing"):
+        if key in identity:
+            items.append((f"the model's {key.replace('_', ' ')}", identity[key]))
+    return [*items, ("the weights (digest of their values)", tree_digest(variables)),
+            ("the dataset", getattr(test_ds, "name", None)), ("the number of test images", len(test_ds)),
+            ("the calibration images (digest)", tree_digest(list(calibration)))]
+
+
+def agree_on_inputs(processes: Processes, identity: Mapping[str, Any], variables, test_ds,
+                    calibration: Sequence[np.ndarray]) -> None:
+    """:func:`agree` on :func:`input_settings` (its digests computed in multi-process runs only)."""
+    if processes.multi:
+        agree(input_settings(identity, variables, test_ds, calibration), processes, "inputs")
