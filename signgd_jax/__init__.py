@@ -6,7 +6,7 @@
 from signgd_jax import nn
 from signgd_jax.convert import convert
 from signgd_jax.diagnose import layer_errors, plot_layer_errors
-from signgd_jax.dynamics import MODES, neuron_trajectory
+from signgd_jax.dynamics import DYNAMICS, Dynamics, neuron_trajectory
 from signgd_jax.interpret import UnsupportedOperation
 from signgd_jax.schedules import Schedule, make_schedule
 from signgd_jax.simulate import simulate
@@ -15,4 +15,4 @@ from signgd_jax.tune import ScheduleChoice, simulate_tuned, tune_schedule
 from signgd_jax.types import SNN, Site
 
 __all__ = ["nn", "convert", "simulate", "neuron_trajectory", "SNN", "Site", "Schedule", "make_schedule",
-           "UnsupportedOperation", "MODES", "sweep", "layer_errors", "plot_layer_errors", "tune_schedule", "simulate_tuned", "ScheduleChoice"]
+           "UnsupportedOperation", "DYNAMICS", "Dynamics", "sweep", "layer_errors", "plot_layer_errors", "tune_schedule", "simulate_tuned", "ScheduleChoice"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from signgd_jax import interpret
 from signgd_jax.codecs import check_codec
-from signgd_jax.dynamics import MODES, Statistics
+from signgd_jax.dynamics import NAMES, Dynamics, Statistics
 from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.expand import expanded
 from signgd_jax.fold import fold_batch_norm
@@ -31,7 +31,7 @@ from signgd_jax.kinds import ann_op
 from signgd_jax.schedules import make_schedule
 from signgd_jax.types import SNN, Decoder, Site, site_name
 
-__all__ = ["convert", "SNN", "MODES", "site_name", "calibration_arrays", "as_apply_fn"]
+__all__ = ["convert", "SNN", "NAMES", "site_name", "calibration_arrays", "as_apply_fn"]
 
 _IMAGE_KEYS = ("image", "images", "x", "inputs")
 
@@ -167,9 +167,9 @@ def check_spread(spread, takes_spread: bool = True, dynamics: str = "improved"):
     return float(spread)
 
 
-def convert(model, variables, calibration_batches: Iterable, dynamics: str = "paper", *, codec: str = "float",
-            schedule="exponential", eta0: float = 0.15, gamma: float = 0.95, fold_bn: bool = True,
-            spread: float | None = None) -> SNN:
+def convert(model, variables, calibration_batches: Iterable, dynamics: str | Dynamics = "paper", *,
+            codec: str = "float", schedule="exponential", eta0: float = 0.15, gamma: float = 0.95,
+            fold_bn: bool = True, spread: float | None = None, spike_levels: int | None = None) -> SNN:
     """Converts a trained network into a signGD spiking network.
 
     Args:
@@ -184,19 +184,24 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
         (and improved-mode ranges) come from these. The reference uses a dozen training
         batches; the result depends on how many.
       dynamics: 'paper' (the reference behaviour), 'improved' (calibrated ranges for every
-        neuron, exact float input) or 'if' (integrate-and-fire baseline, ReLU networks only).
+        neuron, exact float input; graded with ``spike_levels``), 'if' (integrate-and-fire
+        baseline, ReLU networks only), 'qcfs' (integrate-and-fire neurons of a QCFS-trained
+        network) or 'ecmt' (expectation compensation and multi-threshold neurons, any network);
+        a name or a :class:`signgd_jax.dynamics.Dynamics`.
       codec: 'float', 'spike' or 'stochastic' (signGD modes).
       schedule, eta0, gamma: step sizes (name, Schedule or optax schedule); ignored by 'if'.
       fold_bn: fold eval-mode BatchNorm into the preceding conv / dense layer.
       spread: improved mode's range ``r`` per neuron position: None (the largest deviation from
         the mean over the calibration images) or a number k (k standard deviations; robust to
         outlier images, finer steps at low T). Paper mode keeps the reference's ReLU maxima.
+      spike_levels: levels per step and side: graded signGD's K (improved mode; 1, the
+        default, is the binary neuron) or ECMT's n thresholds per sign (default 8).
 
     Raises:
       interpret.UnsupportedOperation: naming any operation that has no neuron.
       ValueError / TypeError: bad arguments, NaN or Inf in the calibration images.
     """
-    chosen = get_dynamics(dynamics)
+    chosen = get_dynamics(dynamics, spike_levels)
     spread = check_spread(spread, chosen.takes_spread, chosen.name)
     check_codec(codec)
     apply_fn, variables = model_and_variables(model, variables)
@@ -212,4 +217,4 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str = "pa
     sites = {name: Site(kind=kind, options=options, a0=a0s[name], offset=offsets[name], **units[name])
              for name, (kind, options) in found.items()}
     return SNN(variables=variables, sites=sites, decoder=decoder, schedule=make_schedule(schedule, eta0, gamma),
-               apply_fn=apply_fn, mode=chosen.name, codec=codec)
+               apply_fn=apply_fn, dynamics=chosen, codec=codec)

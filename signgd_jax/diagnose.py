@@ -23,7 +23,6 @@ import numpy as np
 
 from signgd_jax import interpret
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
-from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.kinds import ann_op
 from signgd_jax.simulate import check_timesteps, initial_state, step
 from signgd_jax.types import SNN, site_name
@@ -60,14 +59,14 @@ def ann_activations(snn: SNN, images, affine_rule=None):
 
 def tracked_sites(snn: SNN) -> tuple:
     """The sites whose neurons keep an output estimate (all but the baseline's max of spikes)."""
-    dynamics = get_dynamics(snn.mode)
+    dynamics = snn.dynamics
     neurons = {name: dynamics.neuron(site) for name, site in snn.sites.items()}
     return tuple(name for name, neuron in neurons.items()
                  if jax.eval_shape(lambda: neuron.estimate(neuron.init(1))) is not None)
 
 
 def _layer_errors_impl(snn: SNN, images, key, timesteps: tuple, tracked: tuple, affine_rule=None):
-    dynamics = get_dynamics(snn.mode)
+    dynamics = snn.dynamics
     neurons = {name: dynamics.neuron(snn.sites[name]) for name in tracked}
     ann, ann_logits = ann_activations(snn, images, affine_rule)
     state = initial_state(snn, images)

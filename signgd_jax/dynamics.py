@@ -33,10 +33,12 @@ hyper-parameters: ``neuron = DYNAMICS[mode].neuron(site)``; ``state = neuron.ini
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from signgd_jax import kinds
 from signgd_jax.interpret import UnsupportedOperation
@@ -69,10 +71,13 @@ def target(kind: str, x, options: dict | None = None):
     return kinds.target(kind, x, options)
 
 
-def fire(kind: str, value, inputs, options: dict | None = None):
+def fire(kind: str, value, inputs, options: dict | None = None, dynamics=None):
     """``spike_t = H(v - phi(x))`` (float 0/1) for an output estimate ``value`` in the units of
-    ``phi`` and input estimates ``inputs``, with the kind's tie rule."""
-    return kinds.get(kind).above(value, inputs, options or {}).astype(value.dtype)
+    ``phi`` and input estimates ``inputs``, with the kind's tie rule; ``phi`` as ``dynamics``
+    tracks it (None: the reference's, :attr:`signgd_jax.kinds.Kind.target`)."""
+    row = kinds.get(kind)
+    phi = None if dynamics is None else get(dynamics).target_of(row)
+    return row.above(value, inputs, options or {}, phi).astype(value.dtype)
 
 
 def step_output(v, spike, step_size):
@@ -91,9 +96,39 @@ def average(x, value, step_size):
 
 
 # ----------------------------------------------------------------------------- neurons
-def signgd_neuron(site: Site) -> Neuron:
-    """A signGD neuron layer; its state is the output estimate ``u = o + r v``."""
+def _reference_target(row: kinds.Kind):
+    """The kind's ``phi`` as the reference tracks it (GELU as ``x sigmoid(1.702 x)``)."""
+    return row.target
+
+
+def _ann_target(row: kinds.Kind):
+    """The ANN's own function (GELU in the form the network uses: tanh, erf or sigmoid)."""
+    return row.ann
+
+
+def graded_level(gap, levels: int):
+    """The graded neuron's step multiplier ``k = clip(floor(|gap| + 1/2), 1, K)`` for the gap
+    ``|phi(x_t) - u_{t-1}| / (eta_t r)`` in step units: the nearest whole number of steps, halves
+    rounded up, at least one (a signGD neuron always moves) and at most ``K``. A gap that is not
+    finite (a ``x1/sqrt(x2)`` neuron with ``x2 <= 0``) moves one step."""
+    k = jnp.floor(jnp.where(jnp.isfinite(gap), jnp.abs(gap), 1.0) + 0.5)
+    return jnp.clip(k, 1, levels)
+
+
+def signgd_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
+    """A signGD neuron layer; its state is the output estimate ``u = o + r v``.
+
+    Binary (``dynamics.spike_levels == 1``): ``u_t = u_{t-1} - eta_t r (2 s_t - 1)`` with
+    ``s_t = H(u_{t-1} - phi(x_t))``. Graded (``K = spike_levels > 1``): the same sign and tie
+    rule, moved by ``k_t`` steps, ``u_t = u_{t-1} - eta_t r k_t (2 s_t - 1)`` with ``k_t`` from
+    :func:`graded_level`: the neuron sends the integer ``q_t = -k_t (2 s_t - 1)`` in
+    ``{-K..-1, 1..K}`` (``2K`` levels, ``log2(2K)`` bits). Its events are counted as the
+    accumulations a receiver performs, ``k_t - 1 + s_t`` per synapse (see
+    :mod:`signgd_jax.metrics`), which is ``s_t`` for ``K = 1``.
+    """
     row, options = kinds.get(site.kind), site.option_dict
+    phi = dynamics.target_of(row)
+    levels = dynamics.spike_levels
     # the output's shape is the target's (a vector neuron's output need not be input-shaped)
     shape = jax.eval_shape(lambda *a0: row.target(*a0, **options), *site.a0)
     start = jnp.zeros(shape.shape, site.a0[0].dtype) if site.out_offset is None else site.out_offset
@@ -102,14 +137,19 @@ def signgd_neuron(site: Site) -> Neuron:
         return _per_batch(start, batch).astype(site.a0[0].dtype)
 
     def step(u, inputs, eta):
-        spike = row.above(u, inputs, options).astype(u.dtype)
-        u = step_output(u, spike, eta if site.out_scale is None else eta * site.out_scale)
-        return u, u, spike
+        spike = row.above(u, inputs, options, phi).astype(u.dtype)
+        size = eta if site.out_scale is None else eta * site.out_scale
+        if levels == 1:
+            u = step_output(u, spike, size)
+            return u, u, spike
+        k = graded_level((phi(*inputs, **options) - u) / size, levels).astype(u.dtype)
+        u = step_output(u, spike, size * k)
+        return u, u, k - 1 + spike
 
     return Neuron(init, step)
 
 
-def integrate_and_fire_neuron(site: Site) -> Neuron:
+def integrate_and_fire_neuron(site: Site, dynamics: "Dynamics" = None) -> Neuron:
     """A baseline neuron layer: state ``(x, v)``; a max-pooling site is a stateless max of
     spikes, whose output (nonzero where a spike wins) counts as its spikes."""
 
@@ -140,7 +180,88 @@ def integrate_and_fire_neuron(site: Site) -> Neuron:
     return Neuron(init, step, estimate)
 
 
+def qcfs_neuron(site: Site, dynamics: "Dynamics" = None) -> Neuron:
+    """A QCFS integrate-and-fire layer (Bu et al. 2022), in threshold units (the site's input is
+    ``x / lambda``, its output is multiplied by ``lambda`` outside; :func:`signgd_jax.nn.qcfs`).
+
+    State: membrane ``m`` (``m_0 = 1/2``, half the threshold) and the spike count ``n``;
+    ``m <- m + z_t``, ``s_t = H(m - 1)`` (fires on reaching the threshold), ``m <- m - s_t``
+    (reset by subtraction). The output is the spike ``s_t``; its estimate, the rate ``n / t``,
+    equals ``clip(floor(z t + 1/2) / t, 0, 1)`` for a constant input ``z`` (the QCFS activation
+    with ``L = t``)."""
+
+    def init(batch):
+        zeros = _per_batch(jnp.zeros_like(site.a0[0]), batch)
+        return (zeros + 0.5, zeros, jnp.zeros((), zeros.dtype))
+
+    def step(state, inputs, eta):
+        membrane, count, steps = state
+        membrane = membrane + inputs[0]
+        spike = (membrane >= 1).astype(membrane.dtype)
+        return (membrane - spike, count + spike, steps + 1), spike, spike
+
+    def estimate(state):
+        return state[1] / jnp.maximum(state[2], 1)
+
+    return Neuron(init, step, estimate)
+
+
+def multi_threshold(membrane, positive, negative, levels: int):
+    """ECMT's multi-threshold neuron: at most one spike per step, of size ``theta 2**i``
+    (``i < levels``, ``theta`` = ``positive`` above zero, ``negative`` below), the largest whose
+    half-threshold the membrane reaches: fires ``+positive 2**i`` where
+    ``m >= positive (2**i - 1/2)``, tried from the largest ``i`` down, else ``-negative 2**i``
+    where ``-m >= negative (2**i - 1/2)``, else nothing. Returns ``(emitted value, level index
+    + 1 or 0)``."""
+    emitted = jnp.zeros_like(membrane)
+    fired = jnp.zeros(membrane.shape, bool)
+    for i in reversed(range(levels)):
+        up = ~fired & (membrane >= positive * (2.0 ** i - 0.5))
+        down = ~fired & ~up & (-membrane >= negative * (2.0 ** i - 0.5))
+        emitted = emitted + jnp.where(up, positive * 2.0 ** i, 0) - jnp.where(down, negative * 2.0 ** i, 0)
+        fired = fired | up | down
+    return emitted, fired
+
+
+def expectation_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
+    """ECMT-style layer (Huang et al. 2024): expectation compensation, then a multi-threshold
+    neuron with ``dynamics.spike_levels`` levels per sign.
+
+    The module keeps the sum ``S_t`` of each input over the steps and its cumulative target
+    ``C_t = t phi(S_t / t)`` (so the outputs up to step t sum to ``t phi(mean input)``; for a
+    product of two inputs this is ECMT's attention neuron). The membrane holds what is still to
+    send, ``m_t = C_t - E_{t-1}``; the multi-threshold neuron emits one power-of-two spike
+    (:func:`multi_threshold`; its largest spike of each sign is ``Site.thresholds``, the
+    calibrated extremes, so ``theta = extreme / 2**(n-1)``) and ``E_t = E_{t-1} + emitted``."""
+    row, options = kinds.get(site.kind), site.option_dict
+    levels = dynamics.spike_levels
+    positive, negative = (extreme / 2.0 ** (levels - 1) for extreme in site.thresholds)
+
+    def init(batch):
+        sums = tuple(_per_batch(jnp.zeros_like(a), batch) for a in site.a0)
+        shape = jax.eval_shape(lambda *a: row.ann(*a, **options), *sums)
+        sent = jnp.zeros(shape.shape, shape.dtype)
+        return (sums, sent, jnp.zeros((), shape.dtype))
+
+    def step(state, inputs, eta):
+        sums, sent, steps = state
+        steps = steps + 1
+        sums = tuple(s + z for s, z in zip(sums, inputs))
+        cumulative = steps * row.ann(*(s / steps for s in sums), **options)
+        emitted, fired = multi_threshold(cumulative - sent, positive, negative, levels)
+        return (sums, sent + emitted, steps), emitted, fired.astype(emitted.dtype)
+
+    def estimate(state):
+        return state[1] / jnp.maximum(state[2], 1)
+
+    return Neuron(init, step, estimate)
+
+
 # ----------------------------------------------------------------------------- calibration
+def _no_units(kind: str, statistics, spread=None) -> dict:
+    return {}
+
+
 def _relu_scaling(kind: str, statistics, spread=None) -> dict:
     """Paper-mode units: ``relu(z) = relu(z s) / s`` with ``s = 1/m`` (1 where ``m <= 1e-5``)."""
     if kind != "relu":
@@ -160,6 +281,14 @@ def _calibrated_range(kind: str, statistics, spread=None) -> dict:
     return dict(out_offset=statistics.mean, out_scale=jnp.where(r <= 1e-5, 1.0, r))
 
 
+def _calibrated_extremes(kind: str, statistics, spread=None) -> dict:
+    """Multi-threshold units: the largest spike ``theta 2**(n-1)`` of each sign is the
+    calibrated extreme output of that sign at each position (at least 1e-5)."""
+    positive = jnp.maximum(statistics.maximum, 1e-5)
+    negative = jnp.maximum(-statistics.minimum, 1e-5)
+    return dict(thresholds=(positive.astype(jnp.float32), negative.astype(jnp.float32)))
+
+
 class Statistics(NamedTuple):
     """Per-position calibration statistics of one site's ANN output."""
 
@@ -174,7 +303,20 @@ class Statistics(NamedTuple):
         return jnp.sqrt(jnp.maximum(self.mean_square - jnp.square(self.mean), 0.0))
 
 
-# ----------------------------------------------------------------------------- modes
+# ----------------------------------------------------------------------------- step sizes and decoders
+def _schedule_steps(schedule: Schedule, num_steps: int):
+    return schedule.step_sizes(num_steps)
+
+
+def _subgradient_steps(schedule: Schedule, num_steps: int):
+    return subgradient_step_sizes(num_steps)
+
+
+def _mean_steps(schedule: Schedule, num_steps: int):
+    """``eta_t = 1/t``: the running average with these steps is the exact mean of t values."""
+    return jnp.asarray(1.0 / np.arange(1, num_steps + 1, dtype=np.float64), jnp.float32)
+
+
 def _signgd_input(codec: str, exact: bool):
     def network_input(f, images, eta, key):
         _, estimate = encode(codec, f, images, eta, key, exact)
@@ -187,6 +329,14 @@ def _image_as_is(state, images, eta, key):
     return images, state
 
 
+class Decoding(NamedTuple):
+    """How the logits are read out: ``init(a0, batch) -> state``;
+    ``step(state, outputs, eta) -> (state, logits)``."""
+
+    init: Callable
+    step: Callable
+
+
 def _logits_as_is(state, logits, eta):
     return state, logits
 
@@ -196,50 +346,84 @@ def _averaged_logits(state, logits, eta):
     return averaged, averaged
 
 
+AS_IS = Decoding(lambda a0, batch: (), _logits_as_is)
+AVERAGED = Decoding(lambda a0, batch: jnp.zeros((batch, *a0.shape[1:]), a0.dtype), _averaged_logits)
+
+
+# ----------------------------------------------------------------------------- the dynamics table
 @dataclasses.dataclass(frozen=True)
 class Dynamics:
-    """One mode of simulation (see the module docstring).
+    """One conversion method: how each site becomes a neuron layer, its units, step sizes,
+    network input and decoder. The SNN carries it (``SNN.dynamics``, a static field); nothing
+    else compares method names.
 
-    neuron(site) -> Neuron; kinds: the site kinds it converts (None: all);
-    site_units(kind, statistics, spread) -> the Site fields (in_scale, out_scale, out_offset);
-    spread: improved mode's range in standard deviations (None: the largest deviation);
-    expands: the site kinds it converts as their decomposition (paper mode: a LayerNorm as the
-    reference's square and x1/sqrt(x2) neurons, max-pooling as binary max neurons; the baseline
-    the latter too; :mod:`signgd_jax.expand`);
-    passes_probe(kind): whether a site forwards its inputs in the probe pass (a stateless
-    operation) instead of emitting ones/zeros; step_sizes(schedule, T);
-    network_input(codec) -> fn(state, images, eta, key) -> (network input, state) (the codec,
-    or the image as is); decode(state, logits, eta) -> (state, logits) (as is, or averaged).
+    layer(site, dynamics) -> Neuron; site_units(kind, statistics, spread) -> the Site
+    fields it calibrates (in_scale, out_scale, out_offset, thresholds); kinds: the site kinds it
+    converts (None: all); target_of(kind row) -> the function its neurons track; expands: the
+    site kinds taken apart before conversion (:mod:`signgd_jax.expand`); passes_probe(kind):
+    whether a site forwards its inputs in the probe pass (a stateless operation);
+    step_sizes(schedule, T); uses_schedule: whether the SNN's schedule sets them;
+    network_input(codec) -> fn(state, images, eta, key) -> (network input, state); decoding;
+    spike_levels: levels a neuron sends per step on each side (graded signGD ``K``, ECMT's
+    ``n``); levels_per_step: distinct values one neuron can send in a step (its bits are the
+    log2); takes_spread: whether site_units uses a spread (improved mode's ranges).
     """
 
     name: str
-    neuron: Callable[[Site], Neuron]
+    layer: Callable
     site_units: Callable
     kinds: tuple | None = None
+    kinds_text: str = ""
+    target_of: Callable = _reference_target
+    expands: tuple = ()
+    passes_probe: Callable[[str], bool] = lambda kind: False
+    step_sizes_of: Callable = _schedule_steps
+    uses_schedule: bool = True
+    corrects_offsets: bool = True  # the signGD input estimates' A(1)+A(0) correction
     encodes: bool = True
     exact_codec: bool = False
-    averages_logits: bool = False
-    passes_probe: Callable[[str], bool] = lambda kind: False
-    kinds_text: str = ""
-    expands: tuple = ()  # site kinds taken apart before conversion (signgd_jax.expand)
-    takes_spread: bool = False  # whether site_units uses a spread (improved mode's ranges)
+    decoding: Decoding = AS_IS
+    spike_levels: int = 1
+    levels_per_step: Callable[[int], int] = lambda k: 2
+    takes_spread: bool = False
+    takes_levels: bool = False  # whether spike_levels may be set (graded signGD, ECMT)
 
     @property
-    def uses_schedule(self) -> bool:
-        """Whether the SNN's schedule sets this mode's step sizes (not the baseline's ``1/(t+1)``)."""
-        return not self.averages_logits
+    def label(self) -> str:
+        """The name, with the levels where they are not the default: 'improved', 'improved K=3'."""
+        return self.name if self == self.with_spike_levels(None) else f"{self.name} K={self.spike_levels}"
+
+    @property
+    def bits_per_step(self) -> float:
+        """``log2`` of the values one neuron can send in a step (1 for binary spikes)."""
+        return math.log2(self.levels_per_step(self.spike_levels))
+
+    @property
+    def max_events_per_step(self) -> int:
+        """The most events one neuron counts in one step (``k - 1 + s <= K`` for graded signGD)."""
+        return self.spike_levels if self.layer is signgd_neuron else 1
+
+    def with_spike_levels(self, levels: int | None) -> "Dynamics":
+        """This dynamics with ``levels`` per step and side (None: its default); K = 1 for
+        improved mode is the binary neuron itself (the same object, the same program)."""
+        default = DEFAULT_LEVELS.get(self.name, 1)
+        levels = default if levels is None else check_spike_levels(levels, self)
+        return self if levels == self.spike_levels else dataclasses.replace(self, spike_levels=levels)
+
+    def neuron(self, site: Site) -> Neuron:
+        return self.layer(site, self)
 
     def step_sizes(self, schedule: Schedule, num_steps: int):
-        return subgradient_step_sizes(num_steps) if self.averages_logits else schedule.step_sizes(num_steps)
+        return self.step_sizes_of(schedule, num_steps)
 
     def network_input(self, codec: str):
         return _signgd_input(codec, self.exact_codec) if self.encodes else _image_as_is
 
     def decode(self, state, logits, eta):
-        return (_averaged_logits if self.averages_logits else _logits_as_is)(state, logits, eta)
+        return self.decoding.step(state, logits, eta)
 
     def initial_decoder(self, decoder_a0, batch: int):
-        return jnp.zeros((batch, *decoder_a0.shape[1:]), decoder_a0.dtype) if self.averages_logits else ()
+        return self.decoding.init(decoder_a0, batch)
 
     def draws_random(self, codec: str) -> bool:
         return self.encodes and codec == "stochastic"
@@ -252,50 +436,81 @@ class Dynamics:
                 f"this network has {', '.join(unsupported)}")
 
 
+def check_spike_levels(levels, dynamics: Dynamics | None = None) -> int:
+    """``levels`` as an int >= 1; a ValueError otherwise, or for a dynamics without levels."""
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"spike_levels must be a positive integer, got {levels!r}")
+    if dynamics is not None and not dynamics.takes_levels and levels != 1:
+        raise ValueError(f"spike_levels applies to the graded dynamics {', '.join(LEVELLED)} "
+                         f"(got spike_levels={levels} with dynamics={dynamics.name!r})")
+    return int(levels)
+
+
 PAPER = Dynamics("paper", signgd_neuron, _relu_scaling, kinds=kinds.ELEMENTWISE_KINDS, kinds_text="elementwise neurons "
                  "(for the vector neurons softmax, layer_norm and bilinear use dynamics='improved')",
                  expands=("layer_norm", "max_pool"))
-IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, exact_codec=True, takes_spread=True)
+IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, target_of=_ann_target, exact_codec=True,
+                    takes_spread=True, takes_levels=True, levels_per_step=lambda k: 2 * k)
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
-                              encodes=False, averages_logits=True, passes_probe=lambda kind: kind == "maximum",
-                              kinds_text="ReLU networks", expands=("max_pool",))
-DYNAMICS = {d.name: d for d in (PAPER, IMPROVED, INTEGRATE_AND_FIRE)}
-MODES = tuple(DYNAMICS)
+                              kinds_text="ReLU networks", expands=("max_pool",),
+                              passes_probe=lambda kind: kind == "maximum", step_sizes_of=_subgradient_steps,
+                              uses_schedule=False, corrects_offsets=False, encodes=False, decoding=AVERAGED)
+QCFS = Dynamics("qcfs", qcfs_neuron, _no_units, kinds=("qcfs",), kinds_text="QCFS-trained networks "
+                "(signgd_jax.nn.qcfs activations; train with --activation qcfs)", step_sizes_of=_mean_steps,
+                uses_schedule=False, corrects_offsets=False, encodes=False, decoding=AVERAGED)
+ECMT = Dynamics("ecmt", expectation_neuron, _calibrated_extremes, target_of=_ann_target,
+                step_sizes_of=_mean_steps, uses_schedule=False, corrects_offsets=False, encodes=False,
+                decoding=AVERAGED, spike_levels=8, takes_levels=True, levels_per_step=lambda n: 2 * n + 1)
+DYNAMICS = {d.name: d for d in (PAPER, IMPROVED, INTEGRATE_AND_FIRE, QCFS, ECMT)}
+NAMES = tuple(DYNAMICS)
+DEFAULT_LEVELS = {d.name: d.spike_levels for d in DYNAMICS.values()}
+LEVELLED = tuple(name for name, d in DYNAMICS.items() if d.takes_levels)
 
 
-def get(mode: str) -> Dynamics:
-    try:
-        return DYNAMICS[mode]
-    except KeyError:
-        raise ValueError(f"unknown dynamics {mode!r}; supported: {', '.join(MODES)}") from None
+def get(dynamics, spike_levels: int | None = None) -> Dynamics:
+    """The :class:`Dynamics` named ``dynamics`` (or the object itself), with ``spike_levels``
+    where given; a ValueError naming the supported dynamics otherwise."""
+    if isinstance(dynamics, Dynamics):
+        chosen = dynamics
+    else:
+        try:
+            chosen = DYNAMICS[dynamics]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown dynamics {dynamics!r}; supported: {', '.join(NAMES)}") from None
+    return chosen if spike_levels is None else chosen.with_spike_levels(spike_levels)
 
 
 # ----------------------------------------------------------------------------- one neuron
-def neuron_trajectory(kind: str, x, num_steps: int, *, mode: str = "paper", schedule="exponential",
-                      eta0: float = 0.15, gamma: float = 0.95, out_offset=None, out_scale=None, **options):
+def neuron_trajectory(kind: str, x, num_steps: int, *, dynamics="paper", spike_levels: int | None = None,
+                      schedule="exponential", eta0: float = 0.15, gamma: float = 0.95, out_offset=None,
+                      out_scale=None, **options):
     """Output estimates ``u_t``, t = 1..num_steps, of one neuron whose input estimate is held
     at the constant array ``x`` (shape ``[num_steps, *x.shape]``), in the units of ``phi``.
 
     kind: a unary kind of :mod:`signgd_jax.kinds` (options such as ``negative_slope``).
-    mode: 'paper' (``v_0 = 0``), 'improved' (output ``out_offset + out_scale * v``; by default
-    calibrated from ``x`` itself, ``o = phi/2``, ``r = max(|phi|/2, 1e-5)``, so any target is
-    reached) or 'if' (relu only). ``schedule``: a name, a Schedule or an optax schedule.
-    It runs the same neuron ``step`` as :func:`signgd_jax.simulate`.
+    dynamics: 'paper' (``v_0 = 0``), 'improved' (output ``out_offset + out_scale * v``; by
+    default calibrated from ``x`` itself, ``o = phi/2``, ``r = max(|phi|/2, 1e-5)``, so any
+    target is reached; ``spike_levels`` K for the graded neuron), 'if' (relu only), 'qcfs' (the
+    qcfs kind; its spike rate) or 'ecmt' (the mean of its outputs; thresholds from ``|phi(x)|``).
+    ``schedule``: a name, a Schedule or an optax schedule. It runs the same neuron ``step`` as
+    :func:`signgd_jax.simulate`.
     """
-    dynamics = get(mode)
+    chosen = get(dynamics, spike_levels)
     if kinds.get(kind).arity != 1:
         raise ValueError(f"no single-input neuron {kind!r}; supported: {', '.join(kinds.UNARY_KINDS)}")
-    dynamics.check_kinds([kind])
+    chosen.check_kinds([kind])
     x = jnp.asarray(x, jnp.float32)[None]
     site = Site(kind=kind, options=tuple(sorted(options.items())), a0=(x,), offset=(2 * x,))
-    if dynamics is IMPROVED:
+    phi = chosen.target_of(kinds.get(kind))(x, **options)
+    if chosen.site_units is _calibrated_range:
         if out_offset is None:
-            phi = target(kind, x, options)
             out_offset, out_scale = phi / 2, jnp.maximum(jnp.abs(phi) / 2, 1e-5)
         site = site.replace(out_offset=jnp.broadcast_to(jnp.asarray(out_offset, jnp.float32), x.shape),
                             out_scale=jnp.broadcast_to(jnp.asarray(out_scale, jnp.float32), x.shape))
-    neuron = dynamics.neuron(site)
-    etas = dynamics.step_sizes(make_schedule(schedule, eta0, gamma), num_steps)
+    elif chosen.site_units is _calibrated_extremes:
+        site = site.replace(**chosen.site_units(kind, Statistics(phi, phi, phi, phi * phi)))
+    neuron = chosen.neuron(site)
+    etas = chosen.step_sizes(make_schedule(schedule, eta0, gamma), num_steps)
 
     def one_step(state, eta):
         state, _, _ = neuron.step(state, (x,), eta)

@@ -8,7 +8,7 @@ A row says everything the converter and the dynamics need to know about one kind
   form the ANN uses);
 * ``above``: the spike decision ``H(v - phi(x))``, i.e. whether the estimate ``v`` lies above the
   target. It is written without dividing (``x1/sqrt(x2)`` compares ``sqrt(x2) v`` with ``x1``),
-  and it holds the *tie rule*: relu, square and exp fire when ``v == phi`` (``H(0) = 1``), every
+  and it holds the *tie rule*: relu, qcfs, square and exp fire when ``v == phi`` (``H(0) = 1``), every
   other kind only when ``v > phi`` (the reference implementation's rules);
 * ``output_range``: the closed hull of ``phi``'s values, ``(low, high)``; a paper-mode estimate
   starts at 0 and moves at most ``eta0 / (1 - gamma)``, so targets outside ``[-3, 3]`` saturate.
@@ -96,11 +96,12 @@ class Kind:
     # inputs share one shape and the output is shaped like them (signgd_jax.batch_axes)
     batch_first: Callable | None = None
 
-    def above(self, value, inputs, options: dict):
-        """``H(v - phi(x))`` as a boolean array, ``value`` in the units of ``phi``."""
+    def above(self, value, inputs, options: dict, target: Callable | None = None):
+        """``H(v - phi(x))`` as a boolean array, ``value`` in the units of ``phi``; ``target``
+        replaces ``phi`` (improved mode tracks the ANN's own function, :attr:`ann`)."""
         if self.compare is not None:
             return self.compare(value, *inputs)
-        goal = self.target(*inputs, **options)
+        goal = (target or self.target)(*inputs, **options)
         return value >= goal if self.fires_on_tie else value > goal
 
 
@@ -124,6 +125,31 @@ def _relu(x):
 
 def _silu(x):
     return x * jax.nn.sigmoid(x)
+
+
+def _qcfs(x, levels=8):
+    """QCFS in threshold units: ``clip(floor(x * levels + 1/2) / levels, 0, 1)`` (the neuron's
+    target: exact values, never differentiated)."""
+    return jnp.clip(jnp.floor(x * levels + 0.5) / levels, 0.0, 1.0)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _qcfs_straight_through(x, levels):
+    return _qcfs(x, levels)
+
+
+@_qcfs_straight_through.defjvp
+def _qcfs_straight_through_jvp(levels, primals, tangents):
+    # The floor passes gradients straight through: the derivative of clip(x, 0, 1), 1 on the
+    # closed interval [0, 1] (torch.clamp's rule, which the QCFS code differentiates).
+    (x,), (dx,) = primals, tangents
+    inside = (x >= 0) & (x <= 1)
+    return _qcfs(x, levels), jnp.where(inside, dx, jnp.zeros_like(dx))
+
+
+def _qcfs_ann(x, levels=8):
+    """QCFS as the ANN computes it: the quantised values, with a straight-through gradient."""
+    return _qcfs_straight_through(x, int(levels))
 
 
 def _rsqrt_mul(x1, x2):
@@ -268,6 +294,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("abs", 1, jnp.abs, jnp.abs, False, (0.0, _INF)),
     Kind("square", 1, jnp.square, jnp.square, True, (0.0, _INF)),
     Kind("exp", 1, jnp.exp, jnp.exp, True, (0.0, _INF)),
+    Kind("qcfs", 1, _qcfs_ann, _qcfs, True, (0.0, 1.0)),
     Kind("maximum", 2, jnp.maximum, jnp.maximum, False, (-_INF, _INF)),
     Kind("product", 2, jnp.multiply, jnp.multiply, False, (-_INF, _INF)),
     Kind("rsqrt_mul", 2, _rsqrt_mul, _rsqrt_mul, False, (-_INF, _INF), _rsqrt_mul_above),

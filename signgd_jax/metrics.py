@@ -10,6 +10,23 @@ vector-Jacobian product of ones then gives, per neuron, the accumulations its sp
 (a residual path counts the weighted layers it reaches, not the paths through them).
 The codec's real-valued output (float codec) drives the first layer with multiply-accumulates.
 
+Graded spikes are counted by the additions a receiver performs, so that graded and binary runs
+compare at equal energy (``Neuron.step``'s third output is this count per neuron and step):
+
+* binary signGD: ``s_t`` (a move down; the move up needs no event, the constant correction
+  ``A(1) + A(0)`` carries it);
+* graded signGD (``q_t = -k_t (2 s_t - 1)``, ``k_t <= K``): ``k_t - 1 + s_t`` accumulates, i.e. a
+  move of ``k`` steps costs ``k`` additions of the weight (``k - 1`` for a move up, by the same
+  constant correction); we count additions rather than one multiply-accumulate because
+  ``k <= 7`` additions (0.9 pJ each) cost at most 6.3 pJ against 4.6 pJ for a MAC plus the
+  multiplier, and the count stays exact for ``K = 1``;
+* ECMT's multi-threshold spike ``+-theta 2**i``: one accumulate (the power of two is a shift of
+  the weight, as ECMT counts it); QCFS and integrate-and-fire spikes: one accumulate.
+
+``bits_per_neuron_step`` is ``log2`` of the values a neuron can send in one step: 1 for binary
+spikes, ``log2(2K)`` for graded signGD (no zero level: a signGD neuron always moves),
+``log2(2n + 1)`` for ECMT's n thresholds per sign.
+
 Energy uses the 45 nm CMOS figures of Horowitz (ISSCC 2014) that SNN papers quote:
 0.9 pJ per 32-bit float accumulate and 4.6 pJ per 32-bit float multiply-accumulate. It is an
 estimate of arithmetic only (no memory traffic), as in that literature.
@@ -62,10 +79,23 @@ def _counting_rule(eqn, values, dynamic):
     return None
 
 
+def _one_sample(snn: SNN, sample):
+    """The first image of ``sample`` (a batch ``[n, ...]`` like the calibration images) as
+    ``[1, ...]``; a ValueError naming the expected shape when it does not fit the network."""
+    sample = jnp.asarray(sample, jnp.float32)
+    try:
+        jax.eval_shape(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, interpret.ann_site), snn.variables,
+                       sample[:1])
+    except Exception as e:  # shape errors surface from Flax or lax with no hint
+        raise ValueError(f"sample must be a batch [n, ...] of network inputs like the calibration images (images "
+                         f"[batch, H, W, C]); got shape {tuple(sample.shape)}: {str(e).splitlines()[0][:200]}") from None
+    return sample[:1]
+
+
 def fan_out(snn: SNN, sample):
     """Per neuron (per position of one sample) the number of downstream accumulations one
     spike triggers; key ``"input"`` gives the codec output's fan-out (first-layer MACs)."""
-    sample = jnp.asarray(sample[:1], jnp.float32)
+    sample = _one_sample(snn, sample)
     shapes = {}
 
     def record(index, kind, options, inputs):
@@ -105,12 +135,36 @@ def ann_macs(snn: SNN, sample) -> float:
     return float(cost.get("flops", 0.0)) / 2
 
 
+def check_spike_counts(snn: SNN, spike_counts: dict, num_images: int, num_steps: int) -> None:
+    """A one-line ValueError for counts that cannot come from ``simulate(snn, num_images images,
+    timesteps with max num_steps, return_spike_counts=True)``: unknown or missing sites,
+    misshapen or negative counts, or more events per neuron and step than the dynamics can send
+    (a firing rate above 1 for binary spikes: counts over more steps than ``num_steps``)."""
+    for name, value in (("num_images", num_images), ("num_steps", num_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(spike_counts, dict) or set(spike_counts) != set(snn.sites):
+        given = sorted(spike_counts) if isinstance(spike_counts, dict) else type(spike_counts).__name__
+        raise ValueError(f"spike_counts must map every site of this SNN to its counts (simulate(..., "
+                         f"return_spike_counts=True)); expected {sorted(snn.sites)}, got {given}")
+    limit = snn.dynamics.max_events_per_step
+    for name, counts in spike_counts.items():
+        counts = np.asarray(counts, np.float64)
+        rate = counts.max(initial=0.0) / (num_images * num_steps)
+        if counts.min(initial=0.0) < 0 or rate > limit * (1 + 1e-6):
+            raise ValueError(f"spike counts of {name} give {rate:.3g} events per neuron and step, but a "
+                             f"{snn.dynamics.label!r} neuron sends at most {limit}: were they counted over "
+                             f"{num_images} images and {num_steps} steps?")
+
+
 def spike_statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: int, sample) -> dict:
     """Per-layer mean firing rate and SOPs per image per time-step, with the energy estimate.
 
-    ``spike_counts``: from ``simulate(..., return_spike_counts=True)`` (summed over the batch
-    and ``num_steps`` steps, per position).
+    ``spike_counts``: from ``simulate(..., return_spike_counts=True)`` (events summed over the
+    batch of ``num_images`` and ``num_steps`` steps, per position; graded events counted as
+    the module docstring says). ``firing_rate`` is events per neuron and step.
     """
+    check_spike_counts(snn, spike_counts, num_images, num_steps)
     fan = fan_out(snn, sample)
     layers, total_sops = {}, 0.0
     for name, counts in spike_counts.items():
@@ -125,6 +179,7 @@ def spike_statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: i
     macs = ann_macs(snn, sample)
     snn_energy = total_sops * ENERGY_PER_AC_PJ + input_macs * ENERGY_PER_MAC_PJ
     return dict(
+        bits_per_neuron_step=snn.dynamics.bits_per_step,
         layers=layers,
         sops_per_image_step=total_sops,
         input_macs_per_image_step=input_macs,

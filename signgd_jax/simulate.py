@@ -19,14 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from signgd_jax import interpret
+from signgd_jax.convert import calibration_arrays
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
-from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.types import SNN, site_name
 
 
 def check_timesteps(timesteps) -> tuple[int, ...]:
-    """Validated, sorted, de-duplicated time-steps (positive integers)."""
+    """Validated, sorted, de-duplicated time-steps (positive integers; a bare integer T is
+    ``(T,)``). The one check behind ``simulate``, ``sweep`` and ``tune_schedule``."""
+    if isinstance(timesteps, (int, np.integer)) and not isinstance(timesteps, bool):
+        timesteps = (timesteps,)
     try:
+        if isinstance(timesteps, (str, bytes)) or any(isinstance(t, bool) for t in timesteps):
+            raise TypeError
         values = [int(t) for t in timesteps]
         if any(int(t) != float(t) for t in timesteps):
             raise ValueError
@@ -37,17 +42,35 @@ def check_timesteps(timesteps) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def check_snn(snn) -> SNN:
+    """``snn`` if it is a converted network; a TypeError saying how to get one otherwise (an orbax
+    restore without a target gives a plain dict)."""
+    if isinstance(snn, SNN) and snn.dynamics is not None:
+        return snn
+    hint = (" (an SNN restored without a target is a plain dict: use signgd_jax.load, or restore with the "
+            "converted SNN as the target)" if isinstance(snn, dict) else "")
+    raise TypeError(f"expected an SNN from signgd_jax.convert, got {type(snn).__name__}{hint}")
+
+
+def network_images(images, what: str = "images"):
+    """One float32 array ``[batch, ...]`` from an array or the batch forms :func:`signgd_jax.convert`
+    takes (a list of arrays, ``(images, labels)`` pairs or dicts with an ``'image'`` entry)."""
+    if isinstance(images, (jax.Array, np.ndarray)) and not isinstance(images, dict):
+        return jnp.asarray(images, jnp.float32)
+    arrays = calibration_arrays(images)
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
+
+
 def neurons_of(snn: SNN) -> dict:
     """``{site name: Neuron}`` of the SNN's dynamics (pure ``(init, step)`` pairs)."""
-    dynamics = get_dynamics(snn.mode)
-    return {name: dynamics.neuron(site) for name, site in snn.sites.items()}
+    return {name: snn.dynamics.neuron(site) for name, site in snn.sites.items()}
 
 
 def initial_state(snn: SNN, images):
     """Neuron, codec and decoder state at t = 0 for a batch of images."""
     batch = images.shape[0]
     neurons = {name: neuron.init(batch) for name, neuron in neurons_of(snn).items()}
-    decoder = get_dynamics(snn.mode).initial_decoder(snn.decoder.a0, batch)
+    decoder = snn.dynamics.initial_decoder(snn.decoder.a0, batch)
     return dict(codec=jnp.zeros_like(images), neurons=neurons, decoder=decoder)
 
 
@@ -82,7 +105,7 @@ def step(snn: SNN, state, images, eta, key=None, affine_rule=None, *, elapsed=No
     the offset correction off: every neuron input and the logits become ``A(v_t) - S_t A(0)``
     (``simulate(..., offset_correction=False)``); None (default) keeps it.
     """
-    dynamics = get_dynamics(snn.mode)
+    dynamics = snn.dynamics
     neurons = neurons_of(snn)
     network_input, codec_state = dynamics.network_input(snn.codec)(state["codec"], images, eta, key)
     new_neurons, spikes = {}, {}
@@ -113,7 +136,7 @@ def cast(snn: SNN, dtype) -> SNN:
 def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: bool, dtype=None,
                    offset_correction: bool = True, affine_rule=None):
     num_steps = max(timesteps)
-    dynamics = get_dynamics(snn.mode)
+    dynamics = snn.dynamics
     etas = dynamics.step_sizes(snn.schedule, num_steps)
     # S_t = eta_1 + ... + eta_t, a scan input only where the offset correction is off
     elapsed = None if offset_correction else jnp.cumsum(etas)
@@ -222,16 +245,16 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
     unchanged; only its receivers see the first layer's constant term. The default path is
     unchanged.
     """
-    dynamics = get_dynamics(snn.mode)
-    if not offset_correction and not dynamics.encodes:
+    snn = check_snn(snn)
+    if not offset_correction and not snn.dynamics.corrects_offsets:
         raise ValueError(f"offset_correction=False applies to the signGD dynamics (input estimates "
-                         f"x_t = x_{{t-1}} - eta_t (2 A(s_t) - A(1) - A(0))); the {snn.mode!r} dynamics "
-                         "averages A(s_t) and has no such correction")
+                         f"x_t = x_{{t-1}} - eta_t (2 A(s_t) - A(1) - A(0))); the {snn.dynamics.name!r} dynamics "
+                         "integrates A(s_t) and has no such correction")
     if timestamps is not None:
         warnings.warn("simulate(timestamps=...) is deprecated; use timesteps=...", DeprecationWarning, stacklevel=2)
         timesteps = timestamps
     timesteps = check_timesteps(timesteps)
-    images = jnp.asarray(images, jnp.float32)
+    images = network_images(images)
     if not isinstance(images, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(images))):
         raise ValueError("images contain NaN or Inf values; the simulation would spread them to every output")
     key = jax.random.PRNGKey(0) if key is None else key
@@ -242,5 +265,3 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
         logits, counts = _run(snn, images, key, timesteps, return_spike_counts, dtype, False)
     return (logits, counts) if return_spike_counts else logits
 
-
-check_timestamps = check_timesteps  # the earlier name

@@ -25,7 +25,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from signgd_jax.simulate import CPU_COMPILER_OPTIONS, check_timesteps, initial_state, simulate
 from signgd_jax.convert import _IMAGE_KEYS
 from signgd_jax.cpu_forms import platform_of
-from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.types import SNN
 
 _LABEL_KEYS = ("label", "labels", "y", "targets")
@@ -61,8 +60,8 @@ def check_grid(snn: SNN, eta0, gamma) -> tuple[np.ndarray, np.ndarray]:
     None); ValueError for values the schedule cannot use or for a sweep that changes nothing.
     With both None the grid is the one point of the SNN's own schedule (any dynamics)."""
     own_schedule = eta0 is None and gamma is None  # one grid point: the SNN as it is
-    if get_dynamics(snn.mode).averages_logits and not own_schedule:
-        raise ValueError(f"the {snn.mode!r} dynamics uses eta_t = 1/(t+1) whatever the schedule: "
+    if not snn.dynamics.uses_schedule and not own_schedule:
+        raise ValueError(f"the {snn.dynamics.name!r} dynamics uses its own step sizes whatever the schedule: "
                          "there is no eta0 or gamma to sweep")
     schedule = snn.schedule
     if schedule.kind == "custom" and not own_schedule:

@@ -26,7 +26,6 @@ import jax
 import numpy as np
 
 from signgd_jax.convert import calibration_arrays
-from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.simulate import check_timesteps, simulate
 from signgd_jax.sweep import sweep
 from signgd_jax.types import SNN
@@ -105,8 +104,8 @@ def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 
     if snn.schedule.kind != "exponential" or snn.schedule.fn is not None:
         raise ValueError("schedule tuning searches the exponential schedule; this SNN has "
                          f"{snn.schedule.kind if snn.schedule.fn is None else 'an optax schedule'!r}")
-    if not get_dynamics(snn.mode).uses_schedule:
-        raise ValueError(f"the {snn.mode!r} dynamics has fixed step sizes: nothing to tune")
+    if not snn.dynamics.uses_schedule:
+        raise ValueError(f"the {snn.dynamics.name!r} dynamics has fixed step sizes: nothing to tune")
     if isinstance(images, bool) or not isinstance(images, (int, np.integer)) or images < 1:
         raise ValueError(f"images must be a positive integer, got {images!r}")
     decay = [float(d) for d in decay]

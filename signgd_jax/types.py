@@ -44,6 +44,8 @@ class Site(_ByName):
       ``out_offset + out_scale * v`` (paper-mode ReLU: ``m``; improved mode: the calibrated
       range ``r``), None for 1.
     out_offset: the start value ``o`` of the output estimate (improved mode), None for 0.
+    thresholds: ``(positive, negative)`` smallest thresholds of a multi-threshold neuron
+      (the 'ecmt' dynamics), else None.
     """
 
     kind: str = dataclasses.field(metadata=dict(static=True))
@@ -53,6 +55,7 @@ class Site(_ByName):
     in_scale: Any = None
     out_scale: Any = None
     out_offset: Any = None
+    thresholds: Any = None
 
     @property
     def option_dict(self) -> dict:
@@ -86,8 +89,9 @@ class SNN:
     decoder: the logits' :class:`Decoder` corrections.
     schedule: the step sizes (its ``eta0``/``gamma`` are leaves, so they can be ``vmap``-ed).
     apply_fn: the network (static; equal for equal models, so conversions share compilations).
-    mode: the dynamics, one of ``signgd_jax.dynamics.MODES``.
-    codec: the input codec (signGD modes).
+    dynamics: the conversion method, a :class:`signgd_jax.dynamics.Dynamics` (static; its
+      neurons, step sizes, network input and decoder).
+    codec: the input codec (signGD dynamics).
     """
 
     variables: Any
@@ -95,11 +99,16 @@ class SNN:
     decoder: Decoder
     schedule: Schedule
     apply_fn: Callable = dataclasses.field(metadata=dict(static=True))
-    mode: str = dataclasses.field(default="paper", metadata=dict(static=True))
+    dynamics: Any = dataclasses.field(default=None, metadata=dict(static=True))
     codec: str = dataclasses.field(default="float", metadata=dict(static=True))
 
     def replace(self, **changes) -> "SNN":
         return dataclasses.replace(self, **changes)
+
+    def with_spike_levels(self, levels: int | None) -> "SNN":
+        """The same SNN with ``levels`` per step and side (graded signGD's K, ECMT's n; None: the
+        dynamics' default). The calibrated sites do not depend on K for signGD."""
+        return self.replace(dynamics=self.dynamics.with_spike_levels(levels))
 
     def with_schedule(self, eta0=None, gamma=None) -> "SNN":
         """The same SNN with other schedule parameters (traced values allowed, for vmap)."""

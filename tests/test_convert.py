@@ -204,14 +204,14 @@ def _literal_signgd(snn, x, num_steps):
     vs = {n: jnp.zeros_like(nn.ann_op(sites[n].kind, sites[n].options)(*v)) for n, v in xs.items()}
     y, f, out = jnp.broadcast_to(snn.decoder["a0"], (x.shape[0], 10)), jnp.zeros_like(x), []
     for eta in snn.schedule.step_sizes(num_steps):
-        emitted, f = encode(snn.codec, f, x, eta, exact=snn.mode == "improved")
+        emitted, f = encode(snn.codec, f, x, eta, exact=snn.dynamics.name == "improved")
 
         def on_site(index, kind, options, inputs):
             name, p = site_name(index, kind), sites[site_name(index, kind)]
             inputs = [z * p["in_scale"] for z in inputs] if "in_scale" in p else inputs
             xs[name] = [track_input(a, z, o, eta) for a, z, o in zip(xs[name], inputs, p["offset"])]
             represented = p.get("out_offset", 0.0) + p.get("out_scale", 1.0) * vs[name] if "out_offset" in p else vs[name]
-            spike = fire(kind, represented, xs[name], options)
+            spike = fire(kind, represented, xs[name], options, snn.dynamics)
             vs[name] = step_output(vs[name], spike, eta)
             spike = spike * p["out_scale"] if "out_scale" in p else spike
             return spike + p["out_offset"] if "out_offset" in p else spike

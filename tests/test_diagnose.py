@@ -96,7 +96,7 @@ def test_error_of_a_relu_fed_by_the_image_obeys_the_sign_descent_bound():
     # ... and it is the same number as the neuron's own trajectory on a constant input
     o = jnp.broadcast_to(site.out_offset, pre.shape).reshape(1, -1)
     r = jnp.broadcast_to(site.out_scale, pre.shape).reshape(1, -1)
-    trajectory = sg.neuron_trajectory("relu", pre.reshape(-1), max(timesteps), mode="improved",
+    trajectory = sg.neuron_trajectory("relu", pre.reshape(-1), max(timesteps), dynamics="improved",
                                       out_offset=o, out_scale=r)
     expected = np.mean(np.abs(np.asarray(trajectory) - np.maximum(np.asarray(pre).reshape(-1), 0)), axis=1)
     np.testing.assert_allclose(measured, expected[t], rtol=0, atol=1e-5)

@@ -105,7 +105,7 @@ def test_neuron_tracks_target_within_step_size(kind):
 def test_paper_mode_saturates_and_improved_mode_does_not():
     x = np.array([2.5, 3.0], np.float32)  # square targets 6.25 and 9, beyond eta0/(1-gamma) = 3
     paper = np.asarray(sg.neuron_trajectory("square", x, 300))
-    improved = np.asarray(sg.neuron_trajectory("square", x, 300, mode="improved"))
+    improved = np.asarray(sg.neuron_trajectory("square", x, 300, dynamics="improved"))
     # never above its target, the estimate never fires: v_t = eta_1 + ... + eta_t, at most 3
     reach = np.cumsum(0.15 * 0.95 ** np.arange(300))
     np.testing.assert_allclose(paper, np.broadcast_to(reach[:, None], paper.shape), rtol=1e-5)
@@ -136,7 +136,7 @@ def test_binary_neurons():
 
 def test_if_neuron_is_a_rate():
     x = np.array([0.0, 0.25, 0.5, 0.9, 1.5], np.float32)
-    v = np.asarray(sg.neuron_trajectory("relu", x, 2000, mode="if"))
+    v = np.asarray(sg.neuron_trajectory("relu", x, 2000, dynamics="if"))
     np.testing.assert_allclose(v[-1], np.clip(x, 0, 1), atol=2e-3)
 
 

@@ -211,7 +211,7 @@ def tracked(apply_fn, variables):
 def errors(snn, target, x, steps=(8, 256)):
     """Mean |SNN - target| at each T; the paper-mode target is taken at the codec-scaled input."""
     out = sg.simulate(snn, x, timesteps=steps)
-    if snn.mode == "paper":
+    if snn.dynamics.name == "paper":
         etas = np.asarray(snn.schedule.step_sizes(max(steps)), np.float64)
         scale = 1 - np.cumprod(1 - etas)
         targets = [target(x * scale[t - 1]) for t in steps]

@@ -61,7 +61,7 @@ def literal_uncorrected(net: str, snn, v, image, etas):
     image = np.asarray(image, np.float64)
     names = sorted(snn.sites)
     (o1, r1), (o2, r2) = units(snn.sites[names[0]]), (units(snn.sites[names[1]]) if net == "residual" else (0, 1))
-    exact = snn.mode == "improved"  # improved mode's float codec delivers the image exactly
+    exact = snn.dynamics.name == "improved"  # improved mode's float codec delivers the image exactly
 
     def a1(level_c):  # codec -> first ReLU
         return level_c @ v["w1"] + v["b1"]

@@ -131,7 +131,7 @@ def test_unary_improved_estimate_within_bound(kind, schedule, num_steps, data, s
     x = data.draw(hnp.arrays(np.float32, shape, elements=st.floats(lo, hi, width=32)))
     eta0, gamma = schedule
     options = {"negative_slope": SLOPE} if kind == "leaky_relu" else {}
-    shown = np.asarray(sg.neuron_trajectory(kind, x, num_steps, mode="improved", eta0=eta0, gamma=gamma,
+    shown = np.asarray(sg.neuron_trajectory(kind, x, num_steps, dynamics="improved", eta0=eta0, gamma=gamma,
                                             **options), np.float64)
     target = phi(kind, x.astype(np.float32)).astype(np.float64)
     o = (target / 2).astype(np.float32).astype(np.float64)
@@ -145,7 +145,7 @@ def test_unary_improved_with_explicit_representation():
     x = np.array([0.5, -1.0, 2.0], np.float32)
     offset = np.array([0.1, 0.2, -0.3], np.float32)
     scale = np.array([1.0, 0.5, 2.0], np.float32)
-    shown = np.asarray(sg.neuron_trajectory("gelu", x, 40, mode="improved", out_offset=offset, out_scale=scale),
+    shown = np.asarray(sg.neuron_trajectory("gelu", x, 40, dynamics="improved", out_offset=offset, out_scale=scale),
                        np.float64)
     q = (phi("gelu", x.astype(np.float64)) - offset) / scale
     check_tracking((shown - offset) / scale, q, 0.15, 0.95, tol=1e-4)

@@ -52,7 +52,7 @@ def test_softmax_neuron_tracks_softmax_along_its_axis():
         assert traj.shape == (256, 3, 5)
         _converges(traj, phi)
     # the public single-neuron helper runs the same neuron
-    helper = dynamics.neuron_trajectory("softmax", x, 256, mode="improved", axis=(-1,))
+    helper = dynamics.neuron_trajectory("softmax", x, 256, dynamics="improved", axis=(-1,))
     np.testing.assert_allclose(helper[-1], jax.nn.softmax(x, -1), atol=1e-6)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 import signgd_jax
 from signgd_jax import data, metrics
-from signgd_jax.convert import MODES, as_apply_fn, check_spread
+from signgd_jax.convert import NAMES, as_apply_fn, check_spread
 from signgd_jax.dynamics import CODECS, get as get_dynamics
 from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, progress_bar
@@ -29,7 +29,7 @@ from signgd_jax.commands.evaluate.progress import ProgressStore
 
 RESULTS_FORMAT = 1
 DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
-DEFAULT_DYNAMICS = MODES  # paper, improved, if
+DEFAULT_DYNAMICS = ("paper", "improved", "if")  # of NAMES: paper, improved, if, qcfs, ecmt
 CALIBRATION_SEED = 0
 
 
@@ -54,10 +54,10 @@ def parse_timesteps(text: str | Sequence[int]) -> tuple[int, ...]:
 def parse_dynamics(text: str | Sequence[str]) -> tuple[str, ...]:
     """``"paper,if"`` -> ``("paper", "if")`` in the given order, duplicates dropped."""
     names = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    unknown = [n for n in names if n not in MODES]
+    unknown = [n for n in names if n not in NAMES]
     if unknown or not names:
         raise ConvertError(f"unknown dynamics {', '.join(map(repr, unknown)) or repr(text)}; "
-                           f"supported: {', '.join(MODES)}")
+                           f"supported: {', '.join(NAMES)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -357,7 +357,21 @@ def load_pretrained(model_name: str, weights: str, source: Optional[str] = None)
     return model, variables, preprocessing, source
 
 
-def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: Optional[str] = None,
+def load_hub(repo_id: str):
+    """The :class:`signgd_jax.models.hub.Pretrained` of a timm repository of the Hugging Face Hub
+    (fetched into the Hugging Face cache); ConvertError (one line naming the repository) for
+    huggingface_hub missing, an unknown repository, architecture or revision, no model.safetensors,
+    offline with an empty cache, and a file that is not the zoo model's."""
+    from signgd_jax.models import CheckpointError, hub
+
+    try:
+        return hub.load(repo_id)
+    except CheckpointError as e:  # HubError and CheckpointMismatch included
+        raise ConvertError(one_line(e)) from None
+
+
+def evaluate_pretrained(model_name: Optional[str], weights: Optional[str], workdir: str, *,
+                        source: Optional[str] = None, repo_id: Optional[str] = None,
                         dataset: Optional[str] = None, data_dir: Optional[str] = None,
                         timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
                         calibration_batch_count: int = PRETRAINED_CALIBRATION_BATCHES,
@@ -372,7 +386,9 @@ def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: 
     keys, or ``source``), evaluated on imagenet2012 with the checkpoint's own preprocessing.
     Calibration: ``calibration_batch_count`` batches (default 100, as the paper) of
     ``calibration_batch_size`` (default 32) images of a fixed-seed shuffle of the training split.
-    ``workdir`` holds the progress and the results (created if missing)."""
+    ``workdir`` holds the progress and the results (created if missing). ``repo_id`` instead of
+    ``model_name`` and ``weights``: a timm repository of the Hugging Face Hub (:func:`load_hub`;
+    the results record it and its commit)."""
     t_start = time.perf_counter()
     settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
                                calibration_batch_count=calibration_batch_count,
@@ -381,7 +397,14 @@ def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: 
     dataset = dataset or "imagenet2012"
     if dataset != "imagenet2012":
         raise ConvertError(f"pretrained ImageNet weights are evaluated on imagenet2012, not {dataset!r}")
-    model, variables, preprocessing, source = load_pretrained(model_name, weights, source)
+    hub = {}
+    if repo_id is not None:
+        loaded = load_hub(repo_id)
+        model_name, weights, model, variables, preprocessing, source = (
+            loaded.name, loaded.weights, loaded.model, loaded.variables, loaded.preprocessing, loaded.source)
+        hub = dict(hub=dict(repo_id=repo_id, revision=loaded.revision, architecture=loaded.architecture))
+    else:
+        model, variables, preprocessing, source = load_pretrained(model_name, weights, source)
     _, _, train_split, test_split = data.dataset_info(dataset)
     try:
         train_ds = data.load(dataset, train_split, data_dir, preprocessing=preprocessing)
@@ -390,7 +413,7 @@ def evaluate_pretrained(model_name: str, weights: str, workdir: str, *, source: 
         raise ConvertError(one_line(e)) from None
     stat = os.stat(weights)
     pretrained = dict(weights=os.path.abspath(weights), source=source,
-                      preprocessing=dataclasses.asdict(preprocessing))
+                      preprocessing=dataclasses.asdict(preprocessing), **hub)
     identity = dict(model=model_name, weights=dict(path=pretrained["weights"], bytes=stat.st_size,
                                                    mtime_ns=stat.st_mtime_ns),
                     source=source, preprocessing=pretrained["preprocessing"])
@@ -487,7 +510,7 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     if resume and not sweeping:
         store = ProgressStore(workdir, dict(
             identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps,
-            codec=codec, schedule=schedule, spread=spread, eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
+            codec=codec, schedule=schedule, spread=spread, spike_levels=s.get("spike_levels"), eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
             calibration_batch_size=s["calibration_batch_size"], calibration_batches=len(calib),
             calibration_seed=CALIBRATION_SEED), save_every_s, log)
     ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress, store)
@@ -496,28 +519,28 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     per_dynamics, swept, layer_errors = {}, {}, {}
     for name in s["dynamics"]:
         t0 = time.perf_counter()
+        chosen = get_dynamics(name)
         try:
             snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec,
                                      schedule="exponential" if schedule == "auto" else schedule, eta0=eta0, gamma=gamma,
-                                     spread=spread if get_dynamics(name).takes_spread else None)
+                                     spread=spread if chosen.takes_spread else None,
+                                     spike_levels=s.get("spike_levels") if chosen.takes_levels else None)
         except signgd_jax.UnsupportedOperation as e:
             per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
                                       spike_statistics=None, timings=None)
             swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
-            log(f"{name}: n/a ({one_line(e)})")
-            continue
+            continue  # the reason is printed once, under the table (report.accuracy_table, sweep_table)
         t1 = time.perf_counter()
         if sweeping:
             try:
                 swept[name] = run_sweep(snn, test_ds, eval_batch, timesteps, grid[0], grid[1], dp, dtype)
             except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
                 swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
-                log(f"{name}: n/a ({one_line(e)})")
-                continue
+                continue  # printed once, by sweep_table
             swept[name]["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
             continue
         choice = None
-        if schedule == "auto" and get_dynamics(name).uses_schedule:
+        if schedule == "auto" and chosen.uses_schedule:
             choice = signgd_jax.tune_schedule(snn, calib, timesteps)
             log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
                 f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
@@ -528,7 +551,8 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
         stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
         t3 = time.perf_counter()
         per_dynamics[name] = dict(
-            supported=True, reason=None,
+            supported=True, reason=None, spike_levels=snn.dynamics.spike_levels,
+            bits_per_neuron_step=snn.dynamics.bits_per_step,
             accuracy={str(t): int(c) / n for t, c in zip(timesteps, correct)},
             correct={str(t): int(c) for t, c in zip(timesteps, correct)},
             spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
@@ -550,7 +574,8 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
         **(extra or {}),
         num_test_images=n,
         timesteps=list(timesteps),
-        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, spread=spread, eta0=eta0, gamma=gamma,
+        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, spread=spread,
+                      spike_levels=s.get("spike_levels"), eta0=eta0, gamma=gamma,
                       dtype=dtype or "float32",
                       batch_size=batch_size, eval_batch_size=eval_batch, limit=s["limit"],
                       data_dir=data_dir),
