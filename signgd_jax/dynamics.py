@@ -223,16 +223,25 @@ def multi_threshold(membrane, positive, negative, levels: int):
     return emitted, fired
 
 
+def expectation_compensation(sums, steps, phi, options: dict, cumulative):
+    """ECMT's expectation compensation for a module ``phi``: with ``sums`` the inputs summed over
+    the ``steps`` steps so far, the output of this step is ``o_t = C_t - C_{t-1}``,
+    ``C_t = t phi(sums / t)``, so the outputs up to step t sum to ``t phi(mean input)``.
+    Returns ``(o_t, C_t)``; ``cumulative`` is ``C_{t-1}``."""
+    now = steps * phi(*(s / steps for s in sums), **options)
+    return now - cumulative, now
+
+
 def expectation_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
     """ECMT-style layer (Huang et al. 2024): expectation compensation, then a multi-threshold
     neuron with ``dynamics.spike_levels`` levels per sign.
 
-    The module keeps the sum ``S_t`` of each input over the steps and its cumulative target
-    ``C_t = t phi(S_t / t)`` (so the outputs up to step t sum to ``t phi(mean input)``; for a
-    product of two inputs this is ECMT's attention neuron). The membrane holds what is still to
-    send, ``m_t = C_t - E_{t-1}``; the multi-threshold neuron emits one power-of-two spike
-    (:func:`multi_threshold`; its largest spike of each sign is ``Site.thresholds``, the
-    calibrated extremes, so ``theta = extreme / 2**(n-1)``) and ``E_t = E_{t-1} + emitted``."""
+    The module keeps the sum ``S_t`` of each input over the steps and emits
+    :func:`expectation_compensation` (for a product of two inputs this is ECMT's attention
+    neuron) into the membrane of a multi-threshold neuron, ``m_t = m_{t-1} + o_t - e_t``, which
+    sends one power-of-two spike ``e_t`` (:func:`multi_threshold`; its largest spike of each sign
+    is ``Site.thresholds``, the calibrated extremes, so ``theta = extreme / 2**(n-1)``).
+    State: ``(S, C_t, m, sent so far, t)``."""
     row, options = kinds.get(site.kind), site.option_dict
     levels = dynamics.spike_levels
     positive, negative = (extreme / 2.0 ** (levels - 1) for extreme in site.thresholds)
@@ -240,19 +249,20 @@ def expectation_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
     def init(batch):
         sums = tuple(_per_batch(jnp.zeros_like(a), batch) for a in site.a0)
         shape = jax.eval_shape(lambda *a: row.ann(*a, **options), *sums)
-        sent = jnp.zeros(shape.shape, shape.dtype)
-        return (sums, sent, jnp.zeros((), shape.dtype))
+        zeros = jnp.zeros(shape.shape, shape.dtype)
+        return (sums, zeros, zeros, zeros, jnp.zeros((), shape.dtype))
 
     def step(state, inputs, eta):
-        sums, sent, steps = state
+        sums, cumulative, membrane, sent, steps = state
         steps = steps + 1
         sums = tuple(s + z for s, z in zip(sums, inputs))
-        cumulative = steps * row.ann(*(s / steps for s in sums), **options)
-        emitted, fired = multi_threshold(cumulative - sent, positive, negative, levels)
-        return (sums, sent + emitted, steps), emitted, fired.astype(emitted.dtype)
+        out, cumulative = expectation_compensation(sums, steps, row.ann, options, cumulative)
+        emitted, fired = multi_threshold(membrane + out, positive, negative, levels)
+        state = (sums, cumulative, membrane + out - emitted, sent + emitted, steps)
+        return state, emitted, fired.astype(emitted.dtype)
 
     def estimate(state):
-        return state[1] / jnp.maximum(state[2], 1)
+        return state[3] / jnp.maximum(state[4], 1)
 
     return Neuron(init, step, estimate)
 
@@ -408,7 +418,10 @@ class Dynamics:
         improved mode is the binary neuron itself (the same object, the same program)."""
         default = DEFAULT_LEVELS.get(self.name, 1)
         levels = default if levels is None else check_spike_levels(levels, self)
-        return self if levels == self.spike_levels else dataclasses.replace(self, spike_levels=levels)
+        if levels == self.spike_levels:
+            return self
+        changed = dataclasses.replace(self, spike_levels=levels)
+        return DYNAMICS[self.name] if changed == DYNAMICS.get(self.name) else changed
 
     def neuron(self, site: Site) -> Neuron:
         return self.layer(site, self)

@@ -13,6 +13,10 @@ T's grid (its gamma values depend on T) is simulated as one compiled ``vmap`` ov
     choice = tune_schedule(snn, calibration_images, timesteps=(8, 16, 32))
     logits = simulate_tuned(snn, choice, test_images)     # [3, batch, classes], T=8 with its own schedule...
 
+With ``spike_levels=(1, 2, 3, 7)`` each T also chooses graded signGD's K (the levels a neuron
+sends per step, :mod:`signgd_jax.dynamics`) from the list, by the same score (ties: the smaller
+K, i.e. fewer bits); ``spike_levels=(3,)`` tunes the schedule for K = 3 alone.
+
 A tuned network is still a spiking network: every neuron of it uses the same step sizes (only
 their values differ between runs of different length), so each neuron's output is still decoded
 with the schedule its receivers know.
@@ -52,6 +56,11 @@ class ScheduleChoice:
     agreement: tuple
     logit_error: tuple
     images: int
+    spike_levels: tuple | None = None  # K per T (graded signGD); None: the SNN's own
+
+    def levels(self, timesteps: int) -> int | None:
+        """The spike levels K chosen for ``timesteps`` (None: the SNN's own)."""
+        return None if self.spike_levels is None else self.spike_levels[self.timesteps.index(int(timesteps))]
 
     def point(self, timesteps: int) -> tuple[float, float]:
         """``(eta0, gamma)`` chosen for ``timesteps``."""
@@ -62,10 +71,10 @@ class ScheduleChoice:
         return self.eta0[k], self.gamma[k]
 
     def groups(self) -> dict:
-        """``{(eta0, gamma): (T, ...)}``: the time budgets that share a schedule."""
+        """``{(eta0, gamma, K): (T, ...)}``: the time budgets that share a schedule and K."""
         out: dict = {}
         for t, e, g in zip(self.timesteps, self.eta0, self.gamma):
-            out.setdefault((e, g), []).append(t)
+            out.setdefault((e, g, self.levels(t)), []).append(t)
         return {k: tuple(v) for k, v in out.items()}
 
     def as_dict(self) -> dict:
@@ -73,7 +82,8 @@ class ScheduleChoice:
         def number(v):
             return None if np.isnan(v) else v
 
-        return {str(t): dict(eta0=e, gamma=g, agreement=number(a), logit_error=number(m)) for t, e, g, a, m in
+        return {str(t): dict(eta0=e, gamma=g, spike_levels=self.levels(t), agreement=number(a),
+                             logit_error=number(m)) for t, e, g, a, m in
                 zip(self.timesteps, self.eta0, self.gamma, self.agreement, self.logit_error)}
 
 
@@ -90,7 +100,8 @@ def gamma_for(decay: float, timesteps: int) -> float:
 def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 16, 32, 64), *,
                   eta0: Sequence[float] = ETA0_GRID, decay: Sequence[float] = DECAY_GRID,
                   images: int = TUNING_IMAGES, max_timesteps: int = MAX_TUNED_TIMESTEPS,
-                  devices: Optional[Sequence[jax.Device]] = None) -> ScheduleChoice:
+                  devices: Optional[Sequence[jax.Device]] = None,
+                  spike_levels: Optional[Sequence[int]] = None) -> ScheduleChoice:
     """For each T of ``timesteps``, the exponential schedule of the grid ``eta0`` x ``decay``
     (``decay = eta_T / eta0``, so ``gamma = decay**(1/(T-1))``) under which ``snn`` agrees best
     with its ANN on the first ``images`` calibration images.
@@ -99,7 +110,8 @@ def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 
     the SNN was calibrated on; scoring on test images would overstate the accuracy). The ANN's
     own predictions are the labels, so no labels are needed. Each T is one compiled sweep of its
     grid over T steps. A T above ``max_timesteps`` keeps the SNN's own schedule (its scores are
-    NaN: not measured).
+    NaN: not measured). ``spike_levels``: the graded signGD levels K to choose from per T (None:
+    the SNN's own K only); each K is its own grid, and the best point over all of them wins.
     """
     if snn.schedule.kind != "exponential" or snn.schedule.fn is not None:
         raise ValueError("schedule tuning searches the exponential schedule; this SNN has "
@@ -112,24 +124,38 @@ def tune_schedule(snn: SNN, calibration_batches, timesteps: Sequence[int] = (8, 
     if not decay or not all(0 < d <= 1 for d in decay):
         raise ValueError(f"decay values must lie in (0, 1], got {decay}")
     timesteps = check_timesteps(timesteps)
+    candidates = [None] if spike_levels is None else [snn.dynamics.with_spike_levels(k).spike_levels
+                                                      for k in _levels_list(spike_levels)]
     x = _tuning_images(calibration_batches, images)
     ann = np.asarray(jax.jit(snn.apply_fn)(snn.variables, x))
     rows = []
     for t in timesteps:
         if t > max_timesteps:
-            rows.append((float(snn.schedule.eta0), float(snn.schedule.gamma), float("nan"), float("nan")))
+            rows.append((float(snn.schedule.eta0), float(snn.schedule.gamma), float("nan"), float("nan"),
+                         candidates[0] if len(candidates) == 1 else snn.dynamics.spike_levels))
             continue
         gammas = sorted({gamma_for(d, t) for d in decay})
-        accuracy, logits = sweep(snn, [(x, ann.argmax(-1))], eta0=list(eta0), gamma=gammas, timesteps=(t,),
-                                 devices=devices, return_logits=True)
-        error = np.mean(np.square(logits[:, :, 0] - ann), axis=(-2, -1)).ravel()  # [eta0 * gamma]
-        agree = accuracy[:, :, 0].ravel()
-        best = np.lexsort((error, -agree))[0]  # most agreements, then the smallest logit error
-        i, j = np.unravel_index(best, accuracy.shape[:2])
-        rows.append((float(eta0[i]), float(gammas[j]), float(agree[best]), float(error[best])))
-    e, g, a, m = zip(*rows)
+        scored = []  # (agreement, error, K, eta0, gamma) per grid point of every K
+        for k in candidates:
+            tuned = snn if k is None else snn.with_spike_levels(k)
+            accuracy, logits = sweep(tuned, [(x, ann.argmax(-1))], eta0=list(eta0), gamma=gammas, timesteps=(t,),
+                                     devices=devices, return_logits=True)
+            error = np.mean(np.square(logits[:, :, 0] - ann), axis=(-2, -1))  # [eta0, gamma]
+            scored += [(float(accuracy[i, j, 0]), float(error[i, j]), k, float(eta0[i]), float(gammas[j]))
+                       for i in range(len(eta0)) for j in range(len(gammas))]
+        # most agreements, then the smallest logit error, then the fewest levels
+        a, m, k, e, g = min(scored, key=lambda r: (-r[0], r[1], r[2] or 0))
+        rows.append((e, g, a, m, k))
+    e, g, a, m, k = zip(*rows)
     return ScheduleChoice(timesteps=tuple(int(t) for t in timesteps), eta0=e, gamma=g, agreement=a,
-                          logit_error=m, images=len(x))
+                          logit_error=m, images=len(x), spike_levels=None if spike_levels is None else k)
+
+
+def _levels_list(spike_levels) -> list:
+    levels = [spike_levels] if isinstance(spike_levels, (int, np.integer)) else list(spike_levels)
+    if not levels:
+        raise ValueError("spike_levels must list at least one K")
+    return sorted(set(levels))
 
 
 def simulate_tuned(snn: SNN, choice: ScheduleChoice, images, **kwargs):
@@ -137,8 +163,9 @@ def simulate_tuned(snn: SNN, choice: ScheduleChoice, images, **kwargs):
     (one :func:`signgd_jax.simulate` run per distinct schedule, up to the largest T it serves).
     ``kwargs`` go to ``simulate`` (``key``, ``dtype``)."""
     out = [None] * len(choice.timesteps)
-    for (e, g), ts in choice.groups().items():
-        logits = simulate(snn.with_schedule(eta0=e, gamma=g), images, timesteps=ts, **kwargs)
+    for (e, g, k), ts in choice.groups().items():
+        tuned = snn.with_schedule(eta0=e, gamma=g)
+        logits = simulate(tuned if k is None else tuned.with_spike_levels(k), images, timesteps=ts, **kwargs)
         for t, row in zip(ts, logits):
             out[choice.timesteps.index(t)] = row
     return jax.numpy.stack(out)
