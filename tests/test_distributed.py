@@ -416,22 +416,22 @@ def _run_both(commands, env):
     return [p.returncode for p in procs], outs
 
 
-def test_two_processes_with_different_settings_both_stop_with_one_line(tmp_path):
-    """One process with --eta0 0.2, the other with the default: both exit 2 at start, before
-    anything is loaded, each with the same one line naming --eta0."""
+def test_two_processes_with_different_settings_both_stop_with_one_line(workdir):
+    """One process with --eta0 0.2, the other with the default (each with its copy of the trained
+    workdir): both exit 2 at start, before anything is loaded, with the same one line naming
+    --eta0. (Before, both ran to the end and exited 0.)"""
     address = f"127.0.0.1:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env = dict(env, PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu",
-               JAX_COORDINATOR_BIND_ADDRESS=address)
-    commands = [[sys.executable, "-m", "convert", "--workdir", str(tmp_path / f"w{pid}"), *ARGS,
-                 "--coordinator-address", address, "--num-processes", "2", "--process-id", str(pid),
-                 *(["--eta0", "0.2"] if pid == 1 else [])] for pid in (0, 1)]
-    statuses, outs = _run_both(commands, env)
+    copies = [_copy(workdir, f"eta0_p{pid}") for pid in (0, 1)]
+    commands = [[sys.executable, "-m", "convert", "--workdir", str(wd), *ARGS, "--coordinator-address", address,
+                 "--num-processes", "2", "--process-id", str(pid), *(["--eta0", "0.2"] if pid == 1 else [])]
+                for pid, wd in enumerate(copies)]
+    statuses, outs = _run_both(commands, _env(workdir, 1, JAX_COORDINATOR_BIND_ADDRESS=address))
     expected = ("error: the processes disagree on --eta0 (process 0: 0.15; process 1: 0.2): start every "
                 "process with the same command options\n")
     for status, (out, err) in zip(statuses, outs):
         assert (status, err) == (2, expected), (status, out, err)
-    assert os.listdir(tmp_path) == []  # nothing was created or loaded
+    for wd in copies:  # nothing was evaluated or written
+        assert not (wd / "results.json").exists() and not (wd / PROGRESS_DIR).exists()
 
 
 def test_two_processes_with_different_weights_both_stop_with_one_line(workdir, mnist5k_dir):
