@@ -24,6 +24,12 @@ SLOW = (
     "tests/test_sweep.py::test_four_devices_give_the_same_grid",
     "tests/test_regularize.py::test_penalty_equals_hand_computed_value_and_trains",
     "tests/test_vit.py::test_vit_b16_converts_and_simulates_224x224_images",
+    "tests/test_hub.py::test_published_logits_from_the_cache[timm/convnext_small.fb_in1k]",
+    "tests/test_hub.py::test_published_logits_from_the_cache[timm/mixer_b16_224.goog_in21k_ft_in1k]",
+    "tests/test_hub.py::test_published_logits_from_the_cache[timm/resmlp_big_24_224.fb_in22k_ft_in1k]",
+    "tests/test_hub.py::test_published_logits_from_the_cache[timm/vgg16_bn.tv_in1k]",
+    "tests/test_hub.py::test_published_logits_from_the_cache[timm/resnet34.a1_in1k]",
+    "tests/test_hub.py::test_pretrained_command_end_to_end",
 )
 
 

@@ -16,7 +16,9 @@ the input resolution when initialised. Parameter names are documented in each fa
 
 Published weights (vision_transformer ``.npz``, timm, torchvision) load with
 :func:`from_checkpoint` (``signgd_jax.models.checkpoints``), which also returns the input
-convention the weights expect (``signgd_jax.models.preprocessing``).
+convention the weights expect (``signgd_jax.models.preprocessing``); timm repositories of the
+Hugging Face Hub load with :func:`from_pretrained` (``signgd_jax.models.hub``, needs the ``hub``
+extra: ``huggingface_hub``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 
 from signgd_jax.models import convnext, mixer, resmlp, resnet, vgg, vit
 from signgd_jax.models.checkpoints import CheckpointError, CheckpointMismatch, from_arrays, from_checkpoint
+from signgd_jax.models.hub import HubError, from_pretrained
 from signgd_jax.models.common import (
     Affine,
     ConvBN,
@@ -51,10 +54,11 @@ SMALL_MODELS = tuple(sorted(name for name in _REGISTRY if name.endswith("_mini")
 IMAGENET_MODELS = tuple(sorted(name for name in _REGISTRY if not name.endswith("_mini")))
 
 __all__ = [
-    "Affine", "CheckpointError", "CheckpointMismatch", "ConvBN", "ConvNeXt", "DepthwiseConv", "IMAGENET_MODELS",
+    "Affine", "CheckpointError", "CheckpointMismatch", "ConvBN", "ConvNeXt", "DepthwiseConv", "HubError",
+    "IMAGENET_MODELS",
     "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "ResMLP", "ResNet", "SMALL_MODELS", "VGG", "VisionTransformer",
     "adaptive_avg_pool", "available", "config", "count_params", "create", "from_arrays", "from_checkpoint",
-    "global_avg_pool", "has_batch_norm", "input_shape", "preprocess",
+    "from_pretrained", "global_avg_pool", "has_batch_norm", "input_shape", "preprocess",
 ]
 
 

@@ -5,7 +5,10 @@ evaluate, report.
 ImageNet weights (:func:`signgd_jax.models.from_checkpoint`), evaluated on imagenet2012 with the
 checkpoint's preprocessing; DIR (default ``./convert_NAME``, created if missing) holds the
 progress and the results. Calibration: ``--calibration-batches`` (default 100, as the paper) of
-``--calibration-batch-size`` (default 32) training images.
+``--calibration-batch-size`` (default 32) training images. ``--pretrained REPO_ID`` instead of
+``--model`` and ``--weights``: a timm repository of the Hugging Face Hub, e.g.
+``timm/convnext_small.fb_in1k`` (:func:`signgd_jax.models.from_pretrained`); DIR defaults to
+``./convert_<repository name>``, e.g. ``./convert_convnext_small.fb_in1k``.
 
 ``--sweep-eta0 A:B:N`` / ``--sweep-gamma A:B:N``: the accuracy over that grid of the exponential
 schedule instead of one schedule (:func:`signgd_jax.sweep`), written to DIR/sweep.json and one
@@ -56,6 +59,9 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "convnext_small or resnet18 (default: none, evaluate --workdir's trained model)")
     a("--weights", default=None, metavar="FILE", help="published weights (.safetensors, .npz, .pth) of --model, "
       "evaluated on imagenet2012 without a training workdir (default: none)")
+    a("--pretrained", default=None, metavar="REPO_ID", help="instead of --model and --weights: a timm repository "
+      "of the Hugging Face Hub, e.g. timm/convnext_small.fb_in1k (fetched into the Hugging Face cache; needs "
+      "pip install 'signgd-jax[hub]'), evaluated like --weights (default: none)")
     a("--source", default=None, help="with --weights: the layout, vit_jax, timm or torchvision (default: "
       "recognised from the keys)")
     a("--dataset", default=None, help=f"dataset to evaluate on: {dataset_names()} (default: the one in "
@@ -98,19 +104,22 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
 
 def _targets(args, p) -> tuple[str, bool]:
     """``(workdir, pretrained)`` from the arguments; a usage error when they do not fit."""
-    if (args.model is None) != (args.weights is None):
+    if args.pretrained is not None and (args.weights is not None or args.model is not None or args.source):
+        p.error("--pretrained REPO_ID names the weights, the model and the layout: it goes without --weights, "
+                "--model and --source")
+    if args.pretrained is None and (args.model is None) != (args.weights is None):
         p.error("--model and --weights go together (published weights of a zoo model)")
-    pretrained = args.weights is not None
+    pretrained = args.weights is not None or args.pretrained is not None
     if not pretrained:
         if args.workdir is None:
-            p.error("the following arguments are required: --workdir (or --model with --weights)")
+            p.error("the following arguments are required: --workdir (or --model with --weights, or --pretrained)")
         if args.source is not None:
             p.error("--source goes with --weights")
     if args.diagnose and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
         p.error("--diagnose goes with an ordinary evaluation, not with --sweep-eta0/--sweep-gamma")
     if args.schedule == "auto" and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
         p.error("--schedule auto chooses the step sizes itself; a sweep goes with --schedule exponential")
-    return args.workdir or f"convert_{args.model}", pretrained
+    return args.workdir or f"convert_{args.model or args.pretrained.rsplit('/', 1)[-1]}", pretrained
 
 
 def main(argv=None, prog: str = "signgd-convert") -> int:
@@ -147,7 +156,8 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
                 hold.enter_context(workdir_lock(workdir, core.ConvertError))
                 check_writable(workdir)
             if pretrained:
-                results = core.evaluate_pretrained(args.model, args.weights, workdir, source=args.source, **common)
+                results = core.evaluate_pretrained(args.model, args.weights, workdir, source=args.source,
+                                                   repo_id=args.pretrained, **common)
             else:
                 results = core.evaluate_workdir(workdir, **common)
             results["command"] = f"{prog} {shlex.join(argv)}"
