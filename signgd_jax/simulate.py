@@ -163,14 +163,22 @@ def _simulate_impl(snn: SNN, images, key, timesteps: tuple, with_spike_counts: b
         state = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_state, state)
         buffer = jax.lax.dynamic_update_index_in_dim(buffer, logits.astype(buffer.dtype), row, 0)
         if counts is not None:
-            counts = {k: counts[k] + jnp.sum(spikes[k], axis=0) for k in counts}
+            totals = {k: counts[0][k] + jnp.sum(spikes[k], axis=0) for k in counts[0]}
+            snapshots = None if counts[1] is None else {  # the totals so far, in the row of step t
+                k: jax.lax.dynamic_update_index_in_dim(counts[1][k], totals[k], row, 0) for k in totals}
+            counts = (totals, snapshots)
         return (state, buffer, counts), None
 
     if with_spike_counts:  # one counter per neuron position, shaped like its output estimate
         shapes = jax.eval_shape(lambda: step(snn, state, images, etas[0], None if keys is None else keys[0],
                                              affine_rule)[2])
-        counts = {k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}
+        counts = ({k: jnp.zeros(v.shape[1:], jnp.float32) for k, v in shapes.items()}, None)
+        if with_spike_counts == "per_timestep":
+            counts = (counts[0], {k: jnp.zeros((len(timesteps) + 1, *v.shape[1:]), jnp.float32)
+                                  for k, v in shapes.items()})
     (state, buffer, counts), _ = jax.lax.scan(body, (state, buffer, counts), (etas, jnp.asarray(rows), keys, elapsed))
+    if counts is not None:
+        counts = counts[0] if counts[1] is None else {k: v[:-1] for k, v in counts[1].items()}
     return buffer[:-1].astype(jnp.float32), counts
 
 
@@ -209,12 +217,14 @@ def _run(*args):
 
 
 def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), *, key=None,
-             return_spike_counts: bool = False, dtype=None, timestamps=None, offset_correction: bool = True):
+             return_spike_counts: bool | str = False, dtype=None, timestamps=None, offset_correction: bool = True):
     """Runs the SNN on ``images`` and returns the decoded logits at each requested time-step.
 
     Returns an array ``[len(timesteps), batch, classes]`` (time-steps sorted ascending);
     with ``return_spike_counts`` also ``{site: spikes per position summed over the batch and
-    all T steps}``. Any T works (no table limit); memory is independent of T. Works under
+    all T steps}`` (events, as :mod:`signgd_jax.metrics` counts them), or with
+    ``return_spike_counts="per_timestep"`` ``{site: [len(timesteps), ...]}``: the sums over the
+    first T steps for each requested T, from the same run. Any T works (no table limit); memory is independent of T. Works under
     ``vmap`` (e.g. over ``snn.with_schedule(eta0=...)``) and with a batch sharded over devices.
     ``key`` seeds the 'stochastic' codec. ``dtype`` (e.g. ``jnp.bfloat16``) runs the whole
     simulation in that precision; logits are returned as float32. ``timestamps`` is the
@@ -254,6 +264,8 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
         warnings.warn("simulate(timestamps=...) is deprecated; use timesteps=...", DeprecationWarning, stacklevel=2)
         timesteps = timestamps
     timesteps = check_timesteps(timesteps)
+    if return_spike_counts not in (False, True, "per_timestep"):
+        raise ValueError(f"return_spike_counts is True, False or 'per_timestep', got {return_spike_counts!r}")
     images = network_images(images)
     if not isinstance(images, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(images))):
         raise ValueError("images contain NaN or Inf values; the simulation would spread them to every output")

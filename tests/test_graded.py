@@ -169,3 +169,15 @@ def test_tuning_chooses_levels_and_schedule_per_budget():
         np.testing.assert_array_equal(logits[i], own)
     fixed = sg.tune_schedule(snn, x, timesteps=(4,), spike_levels=(3,), eta0=(0.15, 0.45), decay=(1.0,), images=48)
     assert fixed.spike_levels == (3,) and fixed.as_dict()["4"]["spike_levels"] == 3
+
+
+def test_spike_counts_per_timestep_are_the_totals_of_shorter_runs():
+    model, variables, x = _net(Deeper(), n=8)
+    snn = sg.convert(model, variables, x, dynamics="improved", spike_levels=2)
+    _, per_t = sg.simulate(snn, x, (2, 5), return_spike_counts="per_timestep")
+    for i, t in enumerate((2, 5)):
+        _, alone = sg.simulate(snn, x, (t,), return_spike_counts=True)
+        for name in alone:
+            np.testing.assert_allclose(per_t[name][i], alone[name], rtol=1e-6)
+    with pytest.raises(ValueError, match="per_timestep"):
+        sg.simulate(snn, x, 2, return_spike_counts="each")
