@@ -69,8 +69,11 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
     a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default: {_DEFAULT_TS})")
-    a("--dynamics", default="paper,improved,if", help="comma-separated subset of paper, improved, if "
-      "(default: %(default)s)")
+    a("--dynamics", default="paper,improved,if", help="comma-separated subset of paper, improved, if, qcfs "
+      "(QCFS-trained networks), ecmt (expectation compensation + multi-threshold neurons) (default: %(default)s)")
+    a("--spike-levels", type=_int, default=None, metavar="K", help="levels a neuron sends per step and side: "
+      "graded signGD in improved mode (K=1, the default, is the binary neuron; log2(2K) bits per step) and "
+      "ecmt's thresholds per sign (default 8)")
     a("--batch-size", type=_int, default=250, help="evaluation batch size, rounded up to a multiple of the "
       "device count, and the calibration batch size of a workdir (default: 250)")
     a("--calibration-batches", type=_int, default=None, help="training batches used for calibration, "
@@ -139,7 +142,8 @@ def main(argv=None, prog: str = "signgd-convert") -> int:
         common = dict(
             dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
             batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
-            codec=args.codec, schedule=args.schedule, spread=args.spread, eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
+            codec=args.codec, schedule=args.schedule, spread=args.spread, spike_levels=args.spike_levels,
+            eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
             progress=args.progress and processes.is_writer, log=lambda m: print(m, flush=True),
             sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
             sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)

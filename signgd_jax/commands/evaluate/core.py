@@ -239,9 +239,10 @@ def evaluate_tuned(snn, choice, test_ds, batch_size: int, timesteps: tuple, dp: 
         return evaluate_snn(snn, test_ds, batch_size, timesteps, dp, progress, desc, **kwargs)
     correct = np.zeros(len(timesteps), np.int64)
     counts, resumed = {}, 0
-    for (e, g), ts in choice.groups().items():
-        c, batch_counts, r = evaluate_snn(snn.with_schedule(eta0=e, gamma=g), test_ds, batch_size, ts, dp, progress,
-                                          f"{desc} (eta0 {e:g}, gamma {g:.4f})", **kwargs)
+    for (e, g, k), ts in choice.groups().items():
+        tuned = snn.with_schedule(eta0=e, gamma=g)
+        c, batch_counts, r = evaluate_snn(tuned if k is None else tuned.with_spike_levels(k), test_ds, batch_size,
+                                          ts, dp, progress, f"{desc} (eta0 {e:g}, gamma {g:.4f})", **kwargs)
         for t, value in zip(ts, c):
             correct[timesteps.index(t)] = value
         if max(timesteps) in ts:
@@ -272,7 +273,7 @@ def parse_grid(name: str, text: str | Sequence[float] | None) -> Optional[tuple[
 
 
 def _check_settings(*, timesteps, dynamics, batch_size, calibration_batch_count, calibration_batch_size, limit,
-                    codec, dtype, dataset, eta0, gamma) -> dict:
+                    codec, dtype, dataset, eta0, gamma, spike_levels=None) -> dict:
     """The validated settings shared by trained workdirs and pretrained checkpoints."""
     timesteps = parse_timesteps(timesteps)
     dynamics = parse_dynamics(dynamics)
@@ -288,7 +289,11 @@ def _check_settings(*, timesteps, dynamics, batch_size, calibration_batch_count,
         raise ConvertError(f"unknown dataset {dataset!r}; supported: {', '.join(data.SUPPORTED)}")
     if not (eta0 > 0 and 0 < gamma <= 1):
         raise ConvertError(f"need eta0 > 0 and 0 < gamma <= 1, got eta0={eta0!r}, gamma={gamma!r}")
-    return dict(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
+    spike_levels = _positive("spike-levels", spike_levels, allow_none=True)
+    if spike_levels is not None and not any(get_dynamics(d).takes_levels for d in dynamics):
+        raise ConvertError(f"--spike-levels applies to the dynamics improved (graded signGD) and ecmt; "
+                           f"--dynamics is {','.join(dynamics)}")
+    return dict(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size, spike_levels=spike_levels,
                 calibration_batch_count=calibration_batch_count,
                 calibration_batch_size=calibration_batch_size or batch_size, limit=limit, codec=codec,
                 dtype=None if dtype == "float32" else dtype, eta0=eta0, gamma=gamma)
@@ -299,6 +304,7 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
                      calibration_batch_count: int = 12, calibration_batch_size: Optional[int] = None,
                      limit: Optional[int] = None, codec: str = "float",
                      schedule: str = "exponential", spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95,
+                     spike_levels: Optional[int] = None,
                      progress: bool = True, log: Callable[[str], None] = print,
                      devices: Optional[Sequence] = None, dtype: Optional[str] = None,
                      resume: bool = True, save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None,
@@ -315,7 +321,8 @@ def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: O
     settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
                                calibration_batch_count=calibration_batch_count,
                                calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
-                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma)
+                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma,
+                               spike_levels=spike_levels)
     model, variables, config = load_workdir(workdir)
     dataset = dataset or config.get("dataset") or "mnist5k"
     check_dataset(dataset, config)
@@ -377,7 +384,8 @@ def evaluate_pretrained(model_name: Optional[str], weights: Optional[str], workd
                         calibration_batch_count: int = PRETRAINED_CALIBRATION_BATCHES,
                         calibration_batch_size: Optional[int] = PRETRAINED_CALIBRATION_BATCH_SIZE,
                         limit: Optional[int] = None, codec: str = "float", schedule: str = "exponential",
-                        spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95, progress: bool = True,
+                        spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95,
+                        spike_levels: Optional[int] = None, progress: bool = True,
                         log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
                         dtype: Optional[str] = None, resume: bool = True, save_every_s: float = 30.0,
                         sweep_eta0=None, sweep_gamma=None, diagnose: bool = False) -> dict:
@@ -393,7 +401,8 @@ def evaluate_pretrained(model_name: Optional[str], weights: Optional[str], workd
     settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
                                calibration_batch_count=calibration_batch_count,
                                calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
-                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma)
+                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma,
+                               spike_levels=spike_levels)
     dataset = dataset or "imagenet2012"
     if dataset != "imagenet2012":
         raise ConvertError(f"pretrained ImageNet weights are evaluated on imagenet2012, not {dataset!r}")
