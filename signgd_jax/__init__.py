@@ -6,7 +6,9 @@
 from signgd_jax import nn
 from signgd_jax.__about__ import __version__
 from signgd_jax.convert import convert
-from signgd_jax.diagnose import layer_errors, plot_layer_errors
+from signgd_jax.diagnose import layer_errors
+from signgd_jax.evaluation import Report, evaluate
+from signgd_jax.plots import accuracy_against_timesteps, plot_layer_errors, plot_sweep
 from signgd_jax.dynamics import DYNAMICS, Dynamics, neuron_trajectory
 from signgd_jax.interpret import UnsupportedOperation
 from signgd_jax.schedules import Schedule, make_schedule
@@ -17,4 +19,4 @@ from signgd_jax.tune import ScheduleChoice, simulate_tuned, tune_schedule
 from signgd_jax.types import SNN, Site
 
 __all__ = ["__version__", "nn", "save", "load", "convert", "simulate", "neuron_trajectory", "SNN", "Site", "Schedule", "make_schedule",
-           "UnsupportedOperation", "DYNAMICS", "Dynamics", "sweep", "layer_errors", "plot_layer_errors", "tune_schedule", "simulate_tuned", "ScheduleChoice"]
+           "UnsupportedOperation", "DYNAMICS", "Dynamics", "sweep", "layer_errors", "plot_layer_errors", "plot_sweep", "accuracy_against_timesteps", "evaluate", "Report", "tune_schedule", "simulate_tuned", "ScheduleChoice"]

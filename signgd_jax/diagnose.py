@@ -121,32 +121,3 @@ def layer_errors(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 3
                        absolute={n: errors[:, i] for i, n in enumerate(names)},
                        normalised={n: normalised[:, i] for i, n in enumerate(names)},
                        ann_scale={n: float(scales[i]) for i, n in enumerate(names)})
-
-
-def plot_layer_errors(errors: LayerErrors, path: str, *, normalised: bool = True, title: str | None = None) -> str:
-    """Writes a log-log plot of the (normalised) error per site over t to ``path`` (PNG); one
-    line per site, the logits dashed. Zero errors (not drawable on a log axis) are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = errors.normalised if normalised else errors.absolute
-    t = np.asarray(errors.timesteps, np.float64)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(table) - 1)))
-    for i, (name, values) in enumerate((n, v) for n, v in table.items() if n != LOGITS):
-        ax.plot(t, np.where(values > 0, values, np.nan), marker="o", ms=3, color=colors[i], label=name)
-    if LOGITS in table:
-        ax.plot(t, np.where(table[LOGITS] > 0, table[LOGITS], np.nan), "k--", marker="s", ms=3, label=LOGITS)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("time-step t")
-    ax.set_ylabel("mean |u_t - a| / mean |a|" if normalised else "mean |u_t - a|")
-    ax.set_title(title or "output estimate against the ANN activation, per site")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2 if len(table) > 12 else 1, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-    return path

@@ -309,36 +309,3 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         return accuracy
     logits = np.concatenate(all_logits, axis=2)
     return accuracy, logits.reshape(len(eta0s), len(gammas), *logits.shape[1:])
-
-
-def plot_sweep(accuracy, eta0: Sequence[float], gamma: Sequence[float], timesteps: Sequence[int], out_dir: str,
-               *, title: str = "", prefix: str = "sweep") -> list[str]:
-    """Writes one heatmap per time-step of a :func:`sweep` grid (accuracy in %, eta0 by gamma)
-    to ``out_dir/<prefix>_T<t>.png``; returns the paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    accuracy = np.asarray(accuracy)
-    if accuracy.shape != (len(eta0), len(gamma), len(timesteps)):
-        raise ValueError(f"accuracy has shape {accuracy.shape}, expected {(len(eta0), len(gamma), len(timesteps))}")
-    paths = []
-    for k, t in enumerate(timesteps):
-        fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(gamma), 1.2 + 0.45 * len(eta0)))
-        image = ax.imshow(100 * accuracy[:, :, k], origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
-        ax.set_xticks(range(len(gamma)), [f"{g:g}" for g in gamma], fontsize=7, rotation=45)
-        ax.set_yticks(range(len(eta0)), [f"{e:g}" for e in eta0], fontsize=7)
-        ax.set_xlabel("gamma")
-        ax.set_ylabel("eta0")
-        ax.set_title(f"{title} T={t}".strip(), fontsize=9)
-        for i in range(len(eta0)):
-            for j in range(len(gamma)):
-                ax.text(j, i, f"{100 * accuracy[i, j, k]:.1f}", ha="center", va="center", fontsize=6, color="w")
-        fig.colorbar(image, ax=ax, label="accuracy (%)")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{prefix}_T{t}.png")
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
-        paths.append(path)
-    return paths

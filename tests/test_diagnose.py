@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import signgd_jax as sg
-from signgd_jax.diagnose import LOGITS, layer_errors, plot_layer_errors
+from signgd_jax.diagnose import LOGITS, layer_errors
+from signgd_jax.plots import plot_layer_errors
 from signgd_jax.nn import gelu, max_pool, relu
 
 TIMESTEPS = (2, 8, 32, 128, 512)

@@ -211,7 +211,7 @@ def test_four_devices_give_the_same_grid(paper):
 
 
 def test_plot_sweep_writes_one_heatmap_per_timestep(tmp_path):
-    from signgd_jax.sweep import plot_sweep
+    from signgd_jax.plots import plot_sweep
 
     grid = np.linspace(0, 1, 3 * 2 * 2).reshape(3, 2, 2)
     paths = plot_sweep(grid, ETA0, GAMMA, (8, 32), str(tmp_path), title="net")

@@ -131,12 +131,12 @@ def sweep_table(results: dict) -> str:
 def write_sweep(results: dict, out_dir: str) -> list[str]:
     """``out_dir/sweep.json`` (the results dict with its ``sweep`` entry) and one heatmap per
     swept dynamics and time-step, ``out_dir/sweep_<dynamics>_T<t>.png``
-    (:func:`signgd_jax.sweep.plot_sweep`), each written atomically; returns the paths."""
+    (:func:`signgd_jax.plots.plot_sweep`), each written atomically; returns the paths."""
     import tempfile
 
     import numpy as np
 
-    from signgd_jax.sweep import plot_sweep
+    from signgd_jax.plots import plot_sweep
 
     sweep, paths = results["sweep"], [os.path.join(out_dir, SWEEP_FILE)]
     with writing(f"the sweep into {out_dir}"):

@@ -1,0 +1,76 @@
+"""Accuracy over a dataset, with spikes and energy: what ``signgd-convert`` reports, as one call.
+
+    report = signgd_jax.evaluate(snn, test_batches, timesteps=(4, 16, 64))
+    report.accuracy          # {4: 0.91, 16: 0.97, 64: 0.98}
+    report.ann_accuracy      # the ANN on the same images
+    report.statistics[64]    # firing rates, synaptic operations and energy per image over 64 steps
+    report.plot()            # accuracy against T next to the ANN (a matplotlib Figure)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from signgd_jax import interpret, metrics
+from signgd_jax.plots import accuracy_against_timesteps
+from signgd_jax.simulate import check_snn, check_timesteps, simulate
+from signgd_jax.sweep import labelled_batches
+from signgd_jax.types import SNN
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """One SNN evaluated on a dataset.
+
+    accuracy: ``{T: fraction correct}``; ann_accuracy: the ANN on the same images; statistics:
+    ``{T: metrics.spike_statistics over the first T steps}`` (firing rates, synaptic operations
+    and energy per image and step; multiply by T for a whole run); energy_uj_per_image:
+    ``{T: energy of a T-step run per image}``; dynamics: the method's label; bits_per_neuron_step.
+    """
+
+    timesteps: tuple
+    accuracy: dict
+    ann_accuracy: float
+    num_images: int
+    statistics: dict
+    energy_uj_per_image: dict
+    ann_energy_uj_per_image: float
+    dynamics: str
+    bits_per_neuron_step: float
+
+    def plot(self, ax=None):
+        """Accuracy against T (log scale) with the ANN as a line; returns the Figure."""
+        return accuracy_against_timesteps({self.dynamics: self.accuracy}, self.ann_accuracy, ax=ax)
+
+
+def evaluate(snn: SNN, batches, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), labels=None, *,
+             key=None, dtype=None) -> Report:
+    """Evaluates ``snn`` (and its ANN) on every batch; returns a :class:`Report`.
+
+    ``batches``: the forms :func:`signgd_jax.sweep` takes (an ``(images, labels)`` pair, a list or
+    iterator of them, dicts with ``'image'`` and ``'label'``, or arrays with ``labels`` given).
+    Spike counts are summed per T over the first T steps of the same run (one simulation per
+    batch).
+    """
+    snn = check_snn(snn)
+    timesteps = check_timesteps(timesteps)
+    ann = jax.jit(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, interpret.ann_site))
+    correct, ann_correct, totals, n, sample = np.zeros(len(timesteps)), 0, None, 0, None
+    for images, batch_labels in labelled_batches(batches, labels):
+        logits, counts = simulate(snn, images, timesteps, key=key, dtype=dtype, return_spike_counts="per_timestep")
+        correct += np.asarray(metrics.accuracy_per_step(logits, batch_labels)) * len(images)
+        ann_correct += int(np.sum(np.asarray(ann(snn.variables, images)).argmax(-1) == batch_labels))
+        counts = {k: np.asarray(v, np.float64) for k, v in counts.items()}
+        totals = counts if totals is None else {k: totals[k] + counts[k] for k in counts}
+        n += len(images)
+        sample = images[:1] if sample is None else sample
+    statistics = {t: metrics.spike_statistics(snn, {k: v[i] for k, v in totals.items()}, n, t, sample)
+                  for i, t in enumerate(timesteps)}
+    energy = {t: s["energy_pj_per_image_step"] * t / 1e6 for t, s in statistics.items()}
+    return Report(timesteps=timesteps, accuracy={t: float(c) / n for t, c in zip(timesteps, correct)},
+                  ann_accuracy=ann_correct / n, num_images=n, statistics=statistics, energy_uj_per_image=energy,
+                  ann_energy_uj_per_image=statistics[timesteps[0]]["ann_energy_pj_per_image"] / 1e6,
+                  dynamics=snn.dynamics.label, bits_per_neuron_step=snn.dynamics.bits_per_step)

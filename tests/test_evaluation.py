@@ -1,0 +1,38 @@
+"""signgd_jax.evaluate: accuracy per T equals simulate's on the same images, the ANN's accuracy,
+spike statistics per T that add up, and a plot."""
+import flax.linen as fnn
+import jax
+import numpy as np
+import pytest
+
+import signgd_jax as sg
+from signgd_jax import metrics
+
+
+class Net(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        return fnn.Dense(4)(sg.nn.relu(fnn.Dense(16)(x)))
+
+
+def test_report_matches_simulate_and_the_ann(tmp_path):
+    model = Net()
+    x = jax.random.normal(jax.random.key(0), (40, 6))
+    variables = model.init(jax.random.key(1), x)
+    labels = np.asarray(model.apply(variables, x)).argmax(-1)
+    labels[::5] = (labels[::5] + 1) % 4  # the ANN is right on 80% of them
+    snn = sg.convert(model, variables, x, dynamics="improved", spike_levels=2)
+    report = sg.evaluate(snn, [(x[:25], labels[:25]), (x[25:], labels[25:])], timesteps=(2, 8))
+    logits, counts = sg.simulate(snn, x, (2, 8), return_spike_counts=True)
+    expected = np.asarray(metrics.accuracy_per_step(logits, labels))
+    assert report.accuracy == pytest.approx({2: expected[0], 8: expected[1]})
+    assert report.ann_accuracy == pytest.approx(0.8) and report.num_images == 40
+    whole = metrics.spike_statistics(snn, counts, 40, 8, x)
+    assert report.statistics[8]["sops_per_image_step"] == pytest.approx(whole["sops_per_image_step"], rel=1e-5)
+    assert report.energy_uj_per_image[8] == pytest.approx(whole["energy_pj_per_image_step"] * 8 / 1e6, rel=1e-5)
+    assert report.dynamics == "improved K=2" and report.bits_per_neuron_step == 2
+    fig = report.plot()
+    fig.savefig(tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="labels"):
+        sg.evaluate(snn, x, timesteps=2)
