@@ -91,6 +91,33 @@ def test_notebook_agrees_with_the_readme_that_plain_flax_converts():
     assert "Your own model does not need them: a model written with plain Flax or JAX" in text
 
 
+def test_readme_and_run_md_say_what_reproduces():
+    """The quick start's numbers: RUN.md says what reproduces and what does not, with another
+    machine's table whose differences from results.json are the ones it and the README state."""
+    quick = " ".join(_section("Quick start").split())
+    run_md = (REPO / "results/quickstart/RUN.md").read_text()
+    assert "## What reproduces" in run_md and "results/quickstart/RUN.md" in quick
+    assert "**The same machine**" in run_md and "**Another machine**" in run_md
+    committed = json.loads((REPO / "results/quickstart/results.json").read_text())
+    ts = committed["timesteps"]
+    table = _blocks(run_md[run_md.index("## What reproduces"):], r"\s*")[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = line.split()
+        if cells and cells[0] in ("paper", "improved"):
+            rows.setdefault(cells[0], []).append([float(c) for c in cells[1:]])
+    largest = {}
+    for name, (other, diff) in rows.items():
+        ours = [100 * committed["dynamics"][name]["accuracy"][str(t)] for t in ts]
+        assert [round(o - c, 2) for o, c in zip(other, ours)] == diff, name
+        largest[name] = max(abs(d) for d in diff)
+    stated = re.search(r"differed from the table above by up to ([\d.]+) points \(paper up to ([\d.]+), "
+                       r"improved up to ([\d.]+);", quick)
+    assert stated, quick
+    assert [float(g) for g in stated.groups()] == [max(largest.values()), largest["paper"], largest["improved"]]
+    assert "reproduces its own numbers exactly" in quick
+
+
 # ----------------------------------------------------------------------------- --model package.module:factory
 
 def test_own_model_example_runs_as_written(tmp_path, mnist5k_dir):
