@@ -21,6 +21,7 @@ SLOW = (
     "tests/test_checkpoints.py::test_published_logits[torchvision_vgg16_bn]",
     "tests/test_checkpoints.py::test_published_logits[timm_resmlp_big_24_224]",
     "tests/test_benchmark.py::test_benchmark_reports_",
+    "tests/test_gpu_benchmark.py::test_all_five_zoo_models_run_every_measurement",
     "tests/test_sweep.py::test_four_devices_give_the_same_grid",
     "tests/test_regularize.py::test_penalty_equals_hand_computed_value_and_trains",
     "tests/test_vit.py::test_vit_b16_converts_and_simulates_224x224_images",
