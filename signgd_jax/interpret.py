@@ -39,7 +39,12 @@ from signgd_jax.nn import SITE_KINDS, ann_op, site_p
 
 
 class UnsupportedOperation(ValueError):
-    """A nonlinear operation between the network input and its output that has no neuron."""
+    """A nonlinear operation between the network input and its output that has no neuron.
+
+    Its message's first line names the operation refused, where it is (Flax module path and
+    source line) and what to write instead; a refused operation's second line lists what is
+    supported (:data:`SUPPORTED_TEXT`).
+    """
 
 
 # Operations that are affine in their dynamic operands whatever the static ones are.
@@ -110,7 +115,24 @@ def _carries_program(eqn) -> bool:
     return any(is_program(v) for v in eqn.params.values())
 
 
+# operations whose operands must share one dtype: a program traced in float32 and replayed with
+# reduced-precision values (simulate(..., dtype=bfloat16)) meets its float32 constants here
+_SAME_DTYPE = frozenset({"mul", "add", "sub", "div", "max", "min", "add_any", "pow", "dot_general",
+                         "conv_general_dilated", "select_n", "atan2", "rem"})
+
+
+def _same_float_dtype(values):
+    """The floating operands in the narrowest floating dtype among them (unchanged if they agree)."""
+    floats = {np.dtype(v.dtype) for v in values if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating)}
+    if len(floats) < 2:
+        return values
+    narrow = min(floats, key=lambda d: jnp.finfo(d).bits)
+    return [v.astype(narrow) if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating) else v for v in values]
+
+
 def _bind(eqn, values):
+    if eqn.primitive.name in _SAME_DTYPE:
+        values = _same_float_dtype(values)
     params = eqn.primitive.get_bind_params(eqn.params)
     if isinstance(params, tuple):  # older JAX: (subfuns, params)
         subfuns, params = params
@@ -255,18 +277,21 @@ def describe(eqn) -> str:
 
 
 def _refuse(op: Op):
+    """Raises :class:`UnsupportedOperation`: one short line (what, where, what to do), then the
+    list of what is supported on a line of its own."""
     name = op.name
     where = describe(op.eqn)
     if name in _REFUSED_CONTROL:
-        raise UnsupportedOperation(f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}; {SUPPORTED_TEXT}")
-    if op.eqn is not None and _carries_program(op.eqn):
-        raise UnsupportedOperation(
-            f"cannot convert '{name}'{where}: a sub-program primitive the converter does not unroll "
-            f"is applied to network activations; {SUPPORTED_TEXT}")
-    hint = recognize.HINTS.get(name)
-    raise UnsupportedOperation(
-        f"cannot convert operation '{name}' applied to network activations{where}"
-        + (f" ({hint})" if hint else "") + f"; {SUPPORTED_TEXT}")
+        first = f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}"
+    elif op.eqn is not None and _carries_program(op.eqn):
+        first = (f"cannot convert '{name}'{where}: a sub-program primitive the converter does not unroll "
+                 "is applied to network activations; compute it from constants only, or write it with the "
+                 "supported operations (next line)")
+    else:
+        hint = recognize.HINTS.get(name, "no neuron kind computes it")
+        first = (f"cannot convert operation '{name}' applied to network activations{where}: {hint}; "
+                 "write it with the supported operations (next line)")
+    raise UnsupportedOperation(f"{first}\n{SUPPORTED_TEXT}")
 
 
 # ----------------------------------------------------------------------------- evaluation
