@@ -22,6 +22,7 @@ silu           1       ``x * sigmoid(x)``                         same
 abs            1       ``|x|``                                    same
 square         1       ``x**2``                                   same
 exp            1       ``exp(x)``                                 same
+qcfs           1       ``clip(floor(x*L + 1/2)/L, 0, 1)``         same (:func:`qcfs`)
 maximum        2       ``max(x1, x2)``                            same
 product        2       ``x1 * x2``                                same
 rsqrt_mul      2       ``x1 / sqrt(x2)``                          same (fires only if x2>0)
@@ -53,6 +54,9 @@ writes them directly), and linear centring, a square neuron, a linear mean plus 
 ``x1/sqrt(x2)`` neuron, a linear affine (:func:`decomposed_layer_norm`). Their ANN values
 equal the usual operators to float tolerance.
 
+A ``qcfs`` site (L = option ``levels``) is in threshold units; its ANN operation passes
+gradients straight through the floor (:func:`qcfs` scales it by a trainable threshold).
+
 Plain ``jax.nn.relu`` / ``flax.linen.relu`` (``max(x, 0)``) are recognised as ReLU sites too.
 """
 from __future__ import annotations
@@ -62,6 +66,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -176,6 +181,23 @@ def square(x):
 
 def exp(x):
     return site("exp", x)
+
+
+def qcfs(x, threshold, levels: int = 8):
+    """QCFS, the quantisation-clip-floor-shift activation of Bu et al. (ICLR 2022):
+    ``threshold * clip(floor(x / threshold * levels + 1/2) / levels, 0, 1)``.
+
+    One ``qcfs`` site in threshold units (option ``levels``, L): the division by ``threshold``
+    and the multiplication after the site are affine, so the converter sees the site on
+    ``x / threshold``. The floor has a straight-through gradient (that of
+    ``clip(x / threshold, 0, 1)``), so ``x`` and the (trainable) ``threshold`` get gradients;
+    ``threshold`` may be a scalar or broadcast against ``x``.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels <= 0:
+        raise ValueError(f"qcfs levels must be a positive integer, got {levels!r}")
+    x = jnp.asarray(x)
+    threshold = jnp.asarray(threshold, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
+    return site("qcfs", x / threshold, levels=int(levels)) * threshold
 
 
 def maximum(x1, x2):
@@ -379,6 +401,23 @@ class GELU(nn.Module):
     @nn.compact
     def __call__(self, x):
         return gelu(x, self.approximate)
+
+
+class QCFS(nn.Module):
+    """:func:`qcfs` with its own trainable scalar threshold (lambda), parameter ``threshold``.
+
+    ``levels``: L, the quantisation steps; ``init_threshold``: lambda's initial value (the
+    QCFS code starts every lambda at 8.0; the zoo's mnist-sized models start at 4.0, see
+    docs/design.md, "QCFS").
+    """
+
+    levels: int = 8
+    init_threshold: float = 8.0
+
+    @nn.compact
+    def __call__(self, x):
+        threshold = self.param("threshold", nn.initializers.constant(self.init_threshold), (), jnp.float32)
+        return qcfs(x, threshold, self.levels)
 
 
 class MaxPool(nn.Module):

@@ -52,11 +52,15 @@ _REGISTRY = {name: (family.MODEL, config) for family in _FAMILIES for name, conf
 
 SMALL_MODELS = tuple(sorted(name for name in _REGISTRY if name.endswith("_mini")))
 IMAGENET_MODELS = tuple(sorted(name for name in _REGISTRY if not name.endswith("_mini")))
+# The ReLU models, which take ``activation='qcfs'`` (and ``qcfs_levels``, ``qcfs_threshold``):
+# every ReLU a signgd_jax.nn.QCFS with its own trainable threshold, max-pooling by averaging.
+QCFS_MODELS = tuple(sorted(name for name, (cls, _) in _REGISTRY.items() if "activation" in cls.__dataclass_fields__))
 
 __all__ = [
     "Affine", "CheckpointError", "CheckpointMismatch", "ConvBN", "ConvNeXt", "DepthwiseConv", "HubError",
     "IMAGENET_MODELS",
-    "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "ResMLP", "ResNet", "SMALL_MODELS", "VGG", "VisionTransformer",
+    "LayerScale", "Mlp", "MlpMixer", "Preprocessing", "QCFS_MODELS", "ResMLP", "ResNet", "SMALL_MODELS", "VGG",
+    "VisionTransformer",
     "adaptive_avg_pool", "available", "config", "count_params", "create", "from_arrays", "from_checkpoint",
     "from_pretrained", "global_avg_pool", "has_batch_norm", "input_shape", "preprocess",
 ]

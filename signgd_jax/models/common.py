@@ -164,6 +164,37 @@ class ConvBN(nn.Module):
         )(x)
 
 
+ACTIVATIONS = ("relu", "qcfs")
+
+
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
+
+
+def activation_fn(x, activation: str, qcfs_levels: int, qcfs_threshold: float, name: str):
+    """The ReLU models' nonlinearity: ``'relu'`` (a relu site, no parameters) or ``'qcfs'``
+    (:class:`signgd_jax.nn.QCFS` with ``qcfs_levels`` steps and its own trainable threshold,
+    a submodule called ``name`` that starts at ``qcfs_threshold``). Call it from a compact
+    method."""
+    check_activation(activation)
+    if activation == "qcfs":
+        return snn.QCFS(qcfs_levels, qcfs_threshold, name=name)(x)
+    return snn.relu(x)
+
+
+def pool(x, activation: str, window_shape, strides, padding: Padding):
+    """The ReLU models' pooling of NHWC ``x``: max-pooling (a max_pool site) for ``'relu'``;
+    average pooling (affine, zero padding counted in the mean as PyTorch's ``AvgPool2d``) for
+    ``'qcfs'``, as the QCFS code replaces every ``MaxPool2d`` by an ``AvgPool2d`` of the same
+    kernel, stride and padding."""
+    check_activation(activation)
+    if activation == "qcfs":
+        pads = padding if isinstance(padding, str) else tuple(_pair(p) for p in padding)
+        return nn.avg_pool(x, tuple(window_shape), tuple(strides), pads, count_include_pad=True)
+    return snn.max_pool(x, window_shape, strides, padding=padding)
+
+
 def global_avg_pool(x):
     """Mean over the spatial axes of an NHWC array (affine)."""
     return jnp.mean(x, axis=(-3, -2))

@@ -13,6 +13,10 @@ Parameter tree (``params``; ``batch_stats`` has ``mean``/``var`` at every ``bn``
     stages_{i}/block_{j}/shortcut/conv/kernel       stages_{i}/block_{j}/shortcut/bn/{scale, bias}
     head/{kernel (widths[-1], classes), bias}
 
+``activation='qcfs'`` adds one scalar ``threshold`` per nonlinearity: ``stem_qcfs/threshold``,
+``stages_{i}/block_{j}/qcfs1/threshold`` and ``.../qcfs2/threshold`` (the stem's 3x3 stride-2
+max-pool becomes an average pool with the same window, stride and padding; see ``ResNet``).
+
 Mapping from torchvision ``resnet18/34``: ``conv1``/``bn1`` -> ``stem/conv``/``stem/bn``;
 ``layer{i+1}.{j}.conv1/bn1`` -> ``stages_{i}/block_{j}/conv1/conv|bn``, likewise ``conv2/bn2``;
 ``downsample.0/1`` -> ``shortcut/conv|bn``; ``fc`` -> ``head``; ``running_mean/var`` -> ``batch_stats``.
@@ -23,33 +27,40 @@ from typing import ClassVar, Sequence
 
 import flax.linen as nn
 
-from signgd_jax import nn as snn
-from signgd_jax.models.common import ConvBN, global_avg_pool
+from signgd_jax.models.common import ConvBN, activation_fn, check_activation, global_avg_pool, pool
 
 
 class BasicBlock(nn.Module):
     features: int
     strides: int = 1
+    activation: str = "relu"  # see ResNet
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
         y = ConvBN(self.features, 3, self.strides, name="conv1")(x, train)
-        y = snn.relu(y)
+        y = activation_fn(y, *act, name="qcfs1")
         y = ConvBN(self.features, 3, 1, name="conv2")(y, train)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = ConvBN(self.features, 1, self.strides, name="shortcut")(x, train)
-        return snn.relu(x + y)
+        return activation_fn(x + y, *act, name="qcfs2")
 
 
 class ResNetStage(nn.Module):
     depth: int
     features: int
     strides: int = 1
+    activation: str = "relu"  # see ResNet
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for j in range(self.depth):
-            x = BasicBlock(self.features, self.strides if j == 0 else 1, name=f"block_{j}")(x, train)
+            x = BasicBlock(self.features, self.strides if j == 0 else 1, self.activation, self.qcfs_levels,
+                           self.qcfs_threshold, name=f"block_{j}")(x, train)
         return x
 
 
@@ -64,25 +75,34 @@ class ResNet(nn.Module):
     stem_kernel: int = 7
     stem_stride: int = 2
     stem_pool: bool = True
+    # 'relu', or 'qcfs': every ReLU a signgd_jax.nn.QCFS (qcfs_levels steps, a trainable
+    # threshold per site starting at qcfs_threshold) and the stem's max-pool an average pool
+    activation: str = "relu"
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
 
     uses_batch_norm: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_activation(self.activation)
+        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
         x = ConvBN(self.stem_width, self.stem_kernel, self.stem_stride, name="stem")(x, train)
-        x = snn.relu(x)
+        x = activation_fn(x, *act, name="stem_qcfs")
         if self.stem_pool:
-            x = snn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            x = pool(x, self.activation, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, (depth, width, stride) in enumerate(zip(self.depths, self.widths, self.strides)):
-            x = ResNetStage(depth, width, stride, name=f"stages_{i}")(x, train)
+            x = ResNetStage(depth, width, stride, *act, name=f"stages_{i}")(x, train)
         x = global_avg_pool(x)
         return nn.Dense(self.num_classes, name="head")(x)
 
 
 CONFIGS = {
     # 28x28: 3x3 stem (16) at 28x28, then one block each at 14x14 (16), 7x7 (32), 4x4 (64).
+    # activation='qcfs': thresholds start at 4 (QCFS's 8 trains to the same test accuracy on mnist5k
+    # with a higher training loss; docs/design.md, "QCFS").
     "resnet_mini": dict(depths=(1, 1, 1), widths=(16, 32, 64), strides=(2, 2, 2), stem_width=16, stem_kernel=3,
-                        stem_stride=1, stem_pool=False, num_classes=10),
+                        stem_stride=1, stem_pool=False, num_classes=10, qcfs_threshold=4.0),
     "resnet18": dict(depths=(2, 2, 2, 2), num_classes=1000),
     "resnet34": dict(depths=(3, 4, 6, 3), num_classes=1000),
 }

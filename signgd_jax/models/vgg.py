@@ -12,6 +12,9 @@ Parameter tree (``params``; ``batch_stats`` ``mean``/``var`` at every ``features
     classifier_{m}/{kernel, bias}                           hidden Dense layers
     head/{kernel, bias}
 
+``activation='qcfs'`` adds one scalar ``threshold`` per nonlinearity (``features_{k}_qcfs/threshold``,
+``classifier_{m}_qcfs/threshold``) and pools by averaging (see ``VGG``).
+
 Mapping from torchvision ``vgg16_bn``: the ``k``-th ``Conv2d``/``BatchNorm2d`` in ``features`` ->
 ``features_{k}/conv|bn``; ``classifier.0``/``classifier.3`` -> ``classifier_0``/``classifier_1``,
 ``classifier.6`` -> ``head``. torchvision flattens ``(C, H, W)``: permute the rows of
@@ -24,7 +27,7 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 
 from signgd_jax import nn as snn
-from signgd_jax.models.common import ConvBN, adaptive_avg_pool
+from signgd_jax.models.common import ConvBN, activation_fn, adaptive_avg_pool, check_activation, pool
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -41,25 +44,36 @@ class VGG(nn.Module):
     # two), but the max neurons track ``s`` times smaller values; paper-mode estimates are
     # confined to +-3 and ReLU outputs of a trained VGG exceed that.
     pool_input_scale: float = 1.0
+    # 'relu', or 'qcfs': every ReLU a signgd_jax.nn.QCFS (qcfs_levels steps, a trainable
+    # threshold per site starting at qcfs_threshold) and every 'M' a 2x2 average pool (as the
+    # QCFS code's VGG; pool_input_scale then has nothing to scale)
+    activation: str = "relu"
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
 
     uses_batch_norm: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_activation(self.activation)
+        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
         k = 0
         for layer in self.layers:
             if layer == "M":
-                s = self.pool_input_scale
-                x = snn.max_pool(x * s, (2, 2), (2, 2), padding=self.pool_padding) / s
+                if self.activation == "qcfs":
+                    x = pool(x, self.activation, (2, 2), (2, 2), padding=self.pool_padding)
+                else:
+                    s = self.pool_input_scale
+                    x = snn.max_pool(x * s, (2, 2), (2, 2), padding=self.pool_padding) / s
             else:
                 x = ConvBN(int(layer), 3, 1, use_bias=True, name=f"features_{k}")(x, train)
-                x = snn.relu(x)
+                x = activation_fn(x, *act, name=f"features_{k}_qcfs")
                 k += 1
         if self.pool_size is not None:
             x = adaptive_avg_pool(x, self.pool_size)
         x = x.reshape(*x.shape[:-3], -1)
         for m, width in enumerate(self.classifier):
-            x = snn.relu(nn.Dense(width, name=f"classifier_{m}")(x))
+            x = activation_fn(nn.Dense(width, name=f"classifier_{m}")(x), *act, name=f"classifier_{m}_qcfs")
         return nn.Dense(self.num_classes, name="head")(x)
 
 
@@ -69,7 +83,7 @@ CONFIGS = {
     # with plain SGD at lr 0.1 (its fan-in of O(1) activations makes the step 16x larger).
     "vgg_mini": dict(layers=(16, "M", 32, "M", 64, "M"), classifier=(), pool_size=1, pool_padding="SAME",
                      pool_input_scale=0.25,
-                     num_classes=10),
+                     num_classes=10, qcfs_threshold=4.0),  # QCFS thresholds start at 4 (see resnet_mini)
     # torchvision vgg16_bn (dropout omitted).
     "vgg16_bn": dict(layers=VGG16, classifier=(4096, 4096), pool_size=7, num_classes=1000),
 }

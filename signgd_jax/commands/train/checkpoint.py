@@ -132,8 +132,9 @@ def latest_step(mgr: ocp.CheckpointManager) -> Optional[int]:
 def load_trained(workdir: str, model=None, step: Optional[int] = None):
     """Rebuild the model of a training workdir and restore its latest (or ``step``) variables.
 
-    Returns ``(model, variables, config)``: the flax module (from ``config.json`` unless
-    ``model`` is given), ``{"params": ..., ["batch_stats": ...]}`` on the default device, and
+    Returns ``(model, variables, config)``: the flax module (from ``config.json``, its
+    ``activation`` and ``qcfs_levels`` included, unless ``model`` is given),
+    ``{"params": ..., ["batch_stats": ...]}`` on the default device, and
     the ``config.json`` dict plus ``checkpoint_step`` and ``epochs_done``.
 
     Raises :class:`CheckpointNotFound` (no workdir / config.json / checkpoint),
@@ -150,6 +151,10 @@ def load_trained(workdir: str, model=None, step: Optional[int] = None):
         config = read_json(cfg_path)
         model_name, num_classes = config["model"], int(config["num_classes"])
         image_shape = tuple(int(d) for d in config["image_shape"])
+        # a QCFS-trained zoo model (signgd-train --activation qcfs); older workdirs: ReLU
+        activation = str(config.get("activation") or "relu")
+        levels = config.get("qcfs_levels")
+        qcfs_levels = None if levels is None else int(levels)
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptCheckpoint(f"{cfg_path} is unreadable: {_one_line(e)}") from e
     if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
@@ -164,7 +169,7 @@ def load_trained(workdir: str, model=None, step: Optional[int] = None):
         elif step not in steps:
             raise CheckpointNotFound(f"no checkpoint {step} in {workdir} (have {sorted(steps)})")
         if model is None:
-            model = build_model(model_name, num_classes)
+            model = build_model(model_name, num_classes, activation, qcfs_levels)
         target = abstract_variables(model, image_shape)
         check_shapes(mgr, step, target)
         got = restore(mgr, step, variables=target, meta=True)

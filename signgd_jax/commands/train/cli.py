@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from signgd_jax.commands.common import OneLineParser, dataset_names, exit_with, fail
-from signgd_jax.commands.train.config import MODEL_RECIPES, OPTIMIZER_DEFAULTS, PAPER_RECIPE
+from signgd_jax.commands.train.config import (ACTIVATIONS, MODEL_RECIPES, OPTIMIZER_DEFAULTS, PAPER_RECIPE,
+                                              QCFS_LEVELS)
 
 _SGD, _ADAMW, _RESMLP = OPTIMIZER_DEFAULTS["sgd"], OPTIMIZER_DEFAULTS["adamw"], MODEL_RECIPES["resmlp_mini"]
 
@@ -62,6 +63,13 @@ def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
     a("--range-bound", type=float, default=None, help="bound of --range-penalty; paper-mode "
       f"estimates reach at most 2.89 by T=64 (default: recipe: {_RESMLP['range_bound']:g} for "
       f"resmlp_mini, else {PAPER_RECIPE['range_bound']:g})")
+    a("--activation", choices=ACTIVATIONS, default="relu",
+      help="relu (the model as defined) or qcfs: train a ReLU model of the zoo (resnet_mini, "
+      "vgg_mini, resnet18, resnet34, vgg16_bn) with QCFS activations (Bu et al., ICLR 2022: "
+      "threshold * clip(floor(x / threshold * L + 1/2) / L, 0, 1), a trainable threshold per "
+      "activation) and average pooling in place of max-pooling (default: %(default)s)")
+    a("--qcfs-levels", type=int, default=None, metavar="L",
+      help=f"quantisation steps L of --activation qcfs (default: {QCFS_LEVELS})")
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random shifts (zero-pad, then crop) of the training images: up to 2 pixels for "
       "mnist5k and mnist, never mirrored; up to 2 pixels plus horizontal flips for fashion_mnist; "
@@ -91,6 +99,9 @@ def main(argv=None, prog: str = "signgd-train") -> int:
     args = vars(parser(prog).parse_args(argv))
     from signgd_jax.commands.train import CheckpointError, ConfigError, TrainConfig, run
     from signgd_jax.data import DatasetNotPrepared
+
+    if args["qcfs_levels"] is not None and args["activation"] != "qcfs":
+        return fail(ConfigError("--qcfs-levels needs --activation qcfs"))
 
     try:
         run(TrainConfig(**args), log=lambda msg: print(msg, flush=True))

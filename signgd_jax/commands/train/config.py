@@ -17,7 +17,9 @@ CONFIG_FORMAT = 1
 _RESUME_FREE = frozenset({"data_dir", "checkpoint_every", "keep_checkpoints",
                           "eval_batch_size", "progress"})
 # Settings added after config.json's format 1 was fixed: a workdir without them used these.
-_LATER_DEFAULTS = {"range_penalty": 0.0, "range_bound": 2.5}
+_LATER_DEFAULTS = {"range_penalty": 0.0, "range_bound": 2.5, "activation": "relu"}
+ACTIVATIONS = ("relu", "qcfs")
+QCFS_LEVELS = 8  # --qcfs-levels when --activation qcfs leaves it unset (the QCFS code's default L)
 
 
 class TrainError(Exception):
@@ -86,6 +88,11 @@ class TrainConfig:
     progress: bool = True
     range_penalty: Optional[float] = None
     range_bound: Optional[float] = None
+    # 'relu' (the model as defined) or 'qcfs': a zoo ReLU model (models.QCFS_MODELS) trained
+    # with QCFS activations of qcfs_levels steps (default QCFS_LEVELS; ignored with 'relu') and
+    # average pooling
+    activation: str = "relu"
+    qcfs_levels: Optional[int] = None
 
     def resolved(self) -> "TrainConfig":
         """This config with every unset recipe field filled in (idempotent)."""
@@ -95,8 +102,12 @@ class TrainConfig:
             recipe = {**recipe, **OPTIMIZER_DEFAULTS.get(optimizer, {})}
         filled = {**PAPER_RECIPE, "augment": augment_by_default(self.dataset), **recipe,
                   "optimizer": optimizer}
-        return dataclasses.replace(self, **{k: filled[k] for k in RECIPE_FIELDS
-                                            if getattr(self, k) is None})
+        changes = {k: filled[k] for k in RECIPE_FIELDS if getattr(self, k) is None}
+        if self.activation == "qcfs" and self.qcfs_levels is None:
+            changes["qcfs_levels"] = QCFS_LEVELS
+        elif self.activation != "qcfs" and self.qcfs_levels is not None:
+            changes["qcfs_levels"] = None  # levels act only with qcfs (the command line refuses them)
+        return dataclasses.replace(self, **changes)
 
     def recipe_text(self) -> str:
         """One line saying which recipe a run uses and where it came from."""
@@ -108,7 +119,8 @@ class TrainConfig:
                 + f" weight decay {c.weight_decay:g}, {c.schedule} schedule, "
                 f"augmentation {'on' if c.augment else 'off'}"
                 + (f", range penalty {c.range_penalty:g} (bound {c.range_bound:g})"
-                   if c.range_penalty else ""))
+                   if c.range_penalty else "")
+                + (f", QCFS activations with {c.qcfs_levels} levels" if c.activation == "qcfs" else ""))
         return text + f" ({source}" + (f"; {', '.join(given)} given)" if given else ")")
 
     def validate(self) -> None:
@@ -152,13 +164,37 @@ class TrainConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {cfg.seed!r}")
         if not cfg.workdir:
             raise ConfigError("a workdir is required")
+        check_activation(cfg.model, cfg.activation, cfg.qcfs_levels)
 
     def resolved_augment(self) -> bool:
         return self.resolved().augment
 
 
-def build_model(name: str, num_classes: int):
-    """A flax module for ``name``: ``signgd_jax.models.create`` or ``module:factory``."""
+def check_activation(model: str, activation: str, qcfs_levels) -> None:
+    """ConfigError (one line) unless ``activation`` (and ``qcfs_levels``) fit ``model``."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
+    if activation != "qcfs":
+        return
+    if isinstance(qcfs_levels, bool) or not isinstance(qcfs_levels, int) or qcfs_levels <= 0:
+        raise ConfigError(f"qcfs-levels must be a positive integer, got {qcfs_levels!r}")
+    from signgd_jax import models
+
+    if model not in models.QCFS_MODELS:
+        raise ConfigError(f"--activation qcfs replaces the ReLUs of a zoo ReLU model "
+                          f"({', '.join(models.QCFS_MODELS)}); {model!r} is not one")
+
+
+def build_model(name: str, num_classes: int, activation: str = "relu", qcfs_levels: Optional[int] = None):
+    """A flax module for ``name``: ``signgd_jax.models.create`` or ``module:factory``;
+    ``activation='qcfs'`` builds a zoo ReLU model with QCFS activations of ``qcfs_levels``
+    steps (default :data:`QCFS_LEVELS`)."""
+    if activation != "relu":
+        qcfs_levels = QCFS_LEVELS if qcfs_levels is None and activation == "qcfs" else qcfs_levels
+        check_activation(name, activation, qcfs_levels)
+        from signgd_jax import models
+
+        return models.create(name, num_classes=num_classes, activation=activation, qcfs_levels=qcfs_levels)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -199,6 +235,8 @@ def check_resumable(old: dict, new: dict) -> None:
     old = {**old, **{k: v for k, v in _LATER_DEFAULTS.items() if old.get(k) is None}}
     if not old.get("range_penalty") and not new.get("range_penalty"):  # the bound acts only with a penalty
         old, new = ({k: v for k, v in d.items() if k != "range_bound"} for d in (old, new))
+    if old.get("activation") != "qcfs" and new.get("activation") != "qcfs":  # levels act only with qcfs
+        old, new = ({k: v for k, v in d.items() if k != "qcfs_levels"} for d in (old, new))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if k not in _RESUME_FREE and old.get(k) != new.get(k)]
     if diffs:

@@ -129,7 +129,7 @@ def run(config: TrainConfig, model=None, log: Callable[[str], None] = print,
         log(f"training already finished in {workdir} ({cfg.epochs} epochs, "
             f"test accuracy {done['test_acc']:.4f}); nothing to do")
         return done
-    model = build_model(cfg.model, num_classes) if model is None else model
+    model = build_model(cfg.model, num_classes, cfg.activation, cfg.qcfs_levels) if model is None else model
     log(config.recipe_text())
     train_ds, test_ds, record = _prepare(cfg, tuple(splits), settings)
     os.makedirs(workdir, exist_ok=True)
