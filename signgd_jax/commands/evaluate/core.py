@@ -23,6 +23,7 @@ from signgd_jax.convert import NAMES, as_apply_fn, check_spread
 from signgd_jax.dynamics import CODECS, get as get_dynamics
 from signgd_jax.simulate import check_timesteps
 from signgd_jax.commands.common import one_line, progress_bar
+from signgd_jax.commands.evaluate.errors import ConvertError, check_finite  # noqa: F401 (re-exported)
 from signgd_jax.commands.evaluate import distributed
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
@@ -33,8 +34,6 @@ DEFAULT_DYNAMICS = ("paper", "improved", "if")  # of NAMES: paper, improved, if,
 CALIBRATION_SEED = 0
 
 
-class ConvertError(ValueError):
-    """Bad input to the conversion tool; ``str(e)`` is a one-line explanation."""
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -109,15 +108,6 @@ def load_splits(name: str, data_dir: Optional[str]):
         return data.load(name, train_split, data_dir), data.load(name, test_split, data_dir)
     except data.DatasetNotPrepared as e:
         raise ConvertError(one_line(e)) from None
-
-
-def check_finite(images: np.ndarray, what: str) -> None:
-    """ConvertError naming the first images of ``images`` that hold NaN or Inf values: the
-    dynamics would carry them into every estimate, so no simulation is run on them."""
-    bad = np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(axis=1))
-    if len(bad):
-        listed = ", ".join(map(str, bad[:5])) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise ConvertError(f"{what}: image(s) {listed} hold NaN or Inf values; nothing was simulated")
 
 
 def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIBRATION_SEED) -> list:

@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_error(message: str) -> Exception:
-    from signgd_jax.commands.evaluate.core import ConvertError  # (core imports this module's users)
+    from signgd_jax.commands.evaluate.errors import ConvertError
 
     return ConvertError(message)
 

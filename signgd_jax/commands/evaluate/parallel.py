@@ -80,7 +80,7 @@ class DataParallel:
             finite = distributed.gather_rows(np.isfinite(images.reshape(len(images), -1)).all(axis=1),
                                              self.processes)
             if not finite.all():  # raised on every process alike, so none waits for the others
-                from signgd_jax.commands.evaluate.core import check_finite
+                from signgd_jax.commands.evaluate.errors import check_finite
 
                 check_finite(np.where(finite, 0.0, np.nan)[:, None],
                              f"test batch {i} (batch size {batch_size}) of {ds.name}")
