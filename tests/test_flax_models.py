@@ -325,11 +325,11 @@ def _dense_then(op):
     (lambda h: jax.lax.cond(h.sum() > 0, jax.nn.relu, jnp.abs, h), "'cond'.*lax.cond"),
     (jnp.sin, "'sin'"),
 ], ids=["while_loop", "cond", "sin"])
-def test_unsupported_constructs_are_named_in_one_line(op, pattern):
+def test_unsupported_constructs_are_named_in_a_short_first_line(op, pattern):
     model, x = _dense_then(op), images(2)
     variables = model.init(jax.random.PRNGKey(0), x)
     with pytest.raises(sg.UnsupportedOperation, match=pattern) as info:
         sg.convert(model, variables, [x])
-    message = str(info.value)
-    assert "\n" not in message
-    assert "test_flax_models.py" in message and "supported:" in message
+    first, supported = str(info.value).split("\n")  # one short line, then the list of what is supported
+    assert "test_flax_models.py" in first and len(first) < 400 and "supported:" not in first
+    assert supported.startswith("supported:")
