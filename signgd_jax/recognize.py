@@ -95,6 +95,7 @@ import numpy as np
 from jax.extend.core import Literal
 
 from signgd_jax import nn as sgnn
+from signgd_jax.program import flatten
 
 SUPPORTED_TEXT = (
     "relu (jax.nn.relu, max(x, 0)), max/min with a constant or of two activations, jax.nn.gelu (tanh, exact; "
@@ -882,7 +883,6 @@ def _evaluate(g: _Graph, cone, x_ref, out_ref, probes):
 def _reference_values(dtype_name: str):
     """Each function of :data:`FUNCTIONS` at the probe points, as the installed JAX writes it in
     this dtype (its constants rounded as the model's are), evaluated in float64."""
-    from signgd_jax.interpret import flatten  # the interpreter imports this module
 
     values = []
     for function in FUNCTIONS:

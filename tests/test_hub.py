@@ -22,14 +22,13 @@ import re
 import subprocess
 import sys
 import threading
-import warnings
 import zlib
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import save, save_file
+from safetensors.numpy import save
 
 from signgd_jax import models
 from signgd_jax.models import hub, preprocessing

@@ -65,7 +65,7 @@ def test_simulate_tuned_runs_each_budget_with_its_own_schedule(network):
     snn, x, _ = network
     choice = ScheduleChoice(timesteps=(4, 6, 9), eta0=(0.3, 0.1, 0.3), gamma=(0.8, 0.9, 0.8),
                             agreement=(1.0,) * 3, logit_error=(0.0,) * 3, images=1)
-    assert choice.groups() == {(0.3, 0.8): (4, 9), (0.1, 0.9): (6,)}
+    assert choice.groups() == {(0.3, 0.8, None): (4, 9), (0.1, 0.9, None): (6,)}
     logits = np.asarray(simulate_tuned(snn, choice, x[:8]))
     assert logits.shape == (3, 8, 5)
     for k, t in enumerate(choice.timesteps):

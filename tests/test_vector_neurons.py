@@ -256,7 +256,7 @@ def test_layer_norm_vector_neuron_halves_the_state():
         variables = model.init(jax.random.key(0), x)
         snn = sg.convert(lambda v, x: model.apply(v, x).reshape(x.shape[0], -1), variables, [x], "improved")
         assert [s.kind for s in snn.sites.values()] == expected
-        state = sum(int(np.prod(jax.eval_shape(lambda: dynamics.signgd_neuron(s).init(1)).shape))
+        state = sum(int(np.prod(jax.eval_shape(lambda: dynamics.IMPROVED.neuron(s).init(1)).shape))
                     for s in snn.sites.values())
         assert state == (30 if vector else 60)  # decomposed: a square and an x1/sqrt(x2) neuron per element
         ann = model.apply(variables, x).reshape(4, -1)

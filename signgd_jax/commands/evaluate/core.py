@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import sys
 import time
 from typing import Callable, Optional, Sequence
 

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from signgd_jax.commands.common import padded_batches
