@@ -196,10 +196,8 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
     recognize_ops = strict if recognize_ops is None else recognize_ops
     program = flatten(closed)
     flags = dynamic_flags(program, dynamic)
-    if strict:  # control flow on activations is refused before anything runs, by its name
-        for op in program.ops:
-            if op.name in _REFUSED_CONTROL and any(flags.get(r, False) for r in op.ins if not isinstance(r, Literal)):
-                _refuse(op)
+    if strict:
+        _refuse_dynamic_control(program, flags)
     if batch_axes is None:
         batch_axes = [(0 if np.ndim(a) else batch.Lost("a scalar input")) if d else None for a, d in zip(args, dynamic)]
     axes = batch.propagate(program, batch_axes)
@@ -236,16 +234,7 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
         elif op.fn is not None:
             outs, out_dyn = op.fn(*values), True
         elif op.eqn.primitive is site_p:
-            index = counter[0]
-            counter[0] += 1
-            kind, options = op.eqn.params["kind"], dict(op.eqn.params["options"])
-            options, values, out_axis = _batch_first(op, kind, options, values, axes_of(op.ins), strict)
-            check = get_kind(kind).check
-            problem = check(options, [np.shape(v) for v in values]) if check is not None and strict else None
-            if problem:
-                raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}")
-            out = on_site(index, kind, options, list(values))
-            outs, out_dyn = [out if not out_axis else jnp.moveaxis(out, 0, out_axis)], True
+            outs, out_dyn = [_run_site(op, values, on_site, counter, axes_of(op.ins), strict)], True
         elif (rule := recognize.elementary(op, values, dyn, recognize_ops)) is not None:
             avals = [v.aval for v in op.eqn.outvars]
             outs, _ = _run_substitute(rule, values, dyn, on_site, counter, affine_rule, strict, avals, axes_of(op.ins))
@@ -263,6 +252,29 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
 
     results = [read(r) for r in program.outvars]
     return [r[0] for r in results], [r[1] for r in results]
+
+
+def _refuse_dynamic_control(program, flags) -> None:
+    """Control flow on activations is refused before anything runs, by its name."""
+    for op in program.ops:
+        if op.name in _REFUSED_CONTROL and any(flags.get(r, False) for r in op.ins if not isinstance(r, Literal)):
+            _refuse(op)
+
+
+def _run_site(op, values, on_site: Callable, counter: list, axes, strict: bool):
+    """The output of a ``signgd_jax.nn`` site equation: numbered by ``counter``, its inputs
+    given to ``on_site`` with the batch first (the output moved back to the batch's axis);
+    UnsupportedOperation, when ``strict``, for inputs its kind's check refuses."""
+    index = counter[0]
+    counter[0] += 1
+    kind, options = op.eqn.params["kind"], dict(op.eqn.params["options"])
+    options, values, out_axis = _batch_first(op, kind, options, values, axes, strict)
+    check = get_kind(kind).check
+    problem = check(options, [np.shape(v) for v in values]) if check is not None and strict else None
+    if problem:
+        raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}")
+    out = on_site(index, kind, options, list(values))
+    return out if not out_axis else jnp.moveaxis(out, 0, out_axis)
 
 
 def _batch_first(op, kind, options, values, axes, strict):

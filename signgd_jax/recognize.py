@@ -450,11 +450,9 @@ def _peel_factors(g: _Graph, c, factors: list):
     return c
 
 
-def _match_normalisation(g: _Graph, position: int):
-    """Matches LayerNorm / RMSNorm at the ``rsqrt`` / ``sqrt`` at ``position``;
-    ``(anchor, skip, Substitute)``."""
-    root = g.ops[position]
-    # the argument: var + eps, in any order and grouping (``eps + mean(x**2) - mean(x)**2``)
+def _normalisation_argument(g: _Graph, root):
+    """The argument of the ``rsqrt`` / ``sqrt`` ``root``: var + eps, in any order and grouping
+    (``eps + mean(x**2) - mean(x)**2``); ``((form, x, axes, mean), eps, path)`` or None."""
     terms, path = [], []
     _signed_terms(g, root.ins[0], 1.0, terms, path)
     constants = [(s, g.scalar(r)) for s, r in terms]
@@ -470,8 +468,14 @@ def _match_normalisation(g: _Graph, position: int):
         return None
     if source is None or not np.isfinite(eps) or eps < 0:
         return None
-    form, x, axes, mean = source
-    # forward: factors * rsqrt(.) ... meeting c as c * r (r ~ 1/sqrt) or c / r (r ~ sqrt)
+    return source, eps, path
+
+
+def _normalised_operand(g: _Graph, root, position: int):
+    """Forward from the ``rsqrt`` / ``sqrt`` ``root`` at ``position``: constant factors times
+    rsqrt(.) ... meeting the normalised operand c as c * r (r ~ 1/sqrt) or c / r (r ~ sqrt);
+    ``(c, factors, chain)`` (``factors``: ``(ref, power)``; ``chain``: the positions walked,
+    ending at the one that meets c) or None."""
     inverse = _root(g, root.outs[0])[2]
     factors, r, chain = [], root.outs[0], [position]
     while True:
@@ -500,8 +504,7 @@ def _match_normalisation(g: _Graph, position: int):
                 continue
             if not inverse:
                 return None
-            c = other
-            break
+            return other, factors, chain
         if op.name == "div":
             num, den = op.ins
             if num == r and den != r and not g.dynamic(den):
@@ -515,9 +518,22 @@ def _match_normalisation(g: _Graph, position: int):
                     continue
                 if inverse:
                     return None
-                c = num
-                break
+                return num, factors, chain
         return None
+
+
+def _match_normalisation(g: _Graph, position: int):
+    """Matches LayerNorm / RMSNorm at the ``rsqrt`` / ``sqrt`` at ``position``;
+    ``(anchor, skip, Substitute)``."""
+    root = g.ops[position]
+    argument = _normalisation_argument(g, root)
+    if argument is None:
+        return None
+    (form, x, axes, mean), eps, path = argument
+    operand = _normalised_operand(g, root, position)
+    if operand is None:
+        return None
+    c, factors, chain = operand
     c = _peel_factors(g, c, factors)
     if form == "layer" and not _is_centred(g, c, x, mean):
         return None

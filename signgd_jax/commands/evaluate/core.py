@@ -456,6 +456,174 @@ def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp
     return dict(supported=True, reason=None, accuracy=np.asarray(accuracy, np.float64).tolist(), best=best)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every dynamics of one evaluation shares: the (limited) test view, the calibration
+    batches, the devices and evaluation batch size, the progress store (None: nothing resumed) and
+    when loading ended."""
+    test_ds: object
+    calib: list
+    dp: DataParallel
+    eval_batch: int
+    store: Optional[ProgressStore]
+    t_loaded: float
+
+
+def _check_options(settings: dict, schedule: str, spread: Optional[float], sweeping: bool, sweep_eta0,
+                   sweep_gamma) -> tuple[tuple, tuple]:
+    """ConvertError for a bad ``spread``, or an auto schedule or sweep over several processes;
+    returns the sweep grid ``(eta0s, gammas)`` (the single ``eta0`` / ``gamma`` for an axis not swept)."""
+    try:
+        check_spread(spread)
+    except ValueError:
+        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}") from None
+    if schedule == "auto" and jax.process_count() > 1:
+        raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
+                           "multi-process options")
+    if sweeping and jax.process_count() > 1:
+        raise ConvertError("a sweep runs in one process (over its local devices); start it without "
+                           "multi-process options")
+    grid = (tuple(sweep_eta0 or (settings["eta0"],)), tuple(sweep_gamma or (settings["gamma"],)))
+    if sweeping and (min(grid[0]) <= 0 or not all(0 < g <= 1 for g in grid[1])):
+        raise ConvertError(f"sweep values need eta0 > 0 and 0 < gamma <= 1, got eta0 {list(grid[0])}, "
+                           f"gamma {list(grid[1])}")
+    return grid
+
+
+def _prepare(variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
+             data_dir: Optional[str], schedule: str, spread: Optional[float], devices: Optional[Sequence],
+             resume: bool, save_every_s: float, log: Callable[[str], None]) -> _Setup:
+    """The :class:`_Setup`: limits the test view (ConvertError when empty), draws the calibration
+    batches, checks every process has the same inputs, logs what is evaluated and opens the
+    progress store (with ``resume``)."""
+    s = settings
+    test_ds = test_ds.take(s["limit"])
+    if len(test_ds) == 0:
+        raise ConvertError(f"the test split of {test_ds.name!r} is empty")
+    dp = DataParallel(devices)
+    eval_batch = dp.round_up(min(s["batch_size"], len(test_ds)))
+    calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
+    distributed.agree_on_inputs(dp.processes, identity, variables, test_ds, calib)  # else exit 2 everywhere
+    t_loaded = time.perf_counter()
+    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} batches, "
+        f"{sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
+        f"({jax.default_backend()})")
+    store = None
+    if resume:
+        store = ProgressStore(workdir, dict(
+            identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds),
+            timesteps=s["timesteps"], codec=s["codec"], schedule=schedule, spread=spread,
+            spike_levels=s.get("spike_levels"), eta0=s["eta0"], gamma=s["gamma"], dtype=s["dtype"],
+            eval_batch_size=eval_batch, calibration_batch_size=s["calibration_batch_size"],
+            calibration_batches=len(calib), calibration_seed=CALIBRATION_SEED), save_every_s, log)
+    return _Setup(test_ds, calib, dp, eval_batch, store, t_loaded)
+
+
+def _convert(model, variables, name: str, calib: list, settings: dict, schedule: str, spread: Optional[float]):
+    """The SNN of dynamics ``name`` (an 'auto' schedule starts exponential); raises
+    :class:`signgd_jax.UnsupportedOperation`."""
+    chosen = get_dynamics(name)
+    return signgd_jax.convert(model, variables, calib, dynamics=name, codec=settings["codec"],
+                              schedule="exponential" if schedule == "auto" else schedule,
+                              eta0=settings["eta0"], gamma=settings["gamma"],
+                              spread=spread if chosen.takes_spread else None,
+                              spike_levels=settings.get("spike_levels") if chosen.takes_levels else None)
+
+
+def _sweep_dynamics(model, variables, name: str, setup: _Setup, settings: dict, grid: tuple, *, schedule: str,
+                    spread: Optional[float]) -> dict:
+    """The ``results["sweep"]["dynamics"]`` entry of one dynamics: converted, then swept over
+    ``grid`` (:func:`run_sweep`); not supported when it does not convert or has nothing to sweep."""
+    t0 = time.perf_counter()
+    try:
+        snn = _convert(model, variables, name, setup.calib, settings, schedule, spread)
+    except signgd_jax.UnsupportedOperation as e:
+        return dict(supported=False, reason=one_line(e), accuracy=None, best=None)  # printed once, by sweep_table
+    t1 = time.perf_counter()
+    try:
+        entry = run_sweep(snn, setup.test_ds, setup.eval_batch, settings["timesteps"], grid[0], grid[1], setup.dp,
+                          settings["dtype"])
+    except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
+        return dict(supported=False, reason=one_line(e), accuracy=None, best=None)  # printed once, by sweep_table
+    entry["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
+    return entry
+
+
+def _layer_errors(snn, test_ds, timesteps: tuple) -> dict:
+    """The ``results["layer_errors"]`` entry of one SNN, on the first :data:`DIAGNOSE_IMAGES` test images."""
+    from signgd_jax import diagnose as diagnostics
+
+    images, _ = test_ds.get(np.arange(min(DIAGNOSE_IMAGES, len(test_ds))))
+    return dict(images=len(images), **layer_error_numbers(diagnostics.layer_errors(snn, images, timesteps)))
+
+
+def _evaluate_dynamics(model, variables, name: str, setup: _Setup, settings: dict, *, schedule: str,
+                       spread: Optional[float], progress: bool, diagnose: bool,
+                       log: Callable[[str], None]) -> tuple[dict, Optional[dict]]:
+    """``(results["dynamics"] entry, results["layer_errors"] entry)`` of one dynamics: converted,
+    its schedule tuned per T (``schedule`` 'auto'), simulated over the test images, its spike
+    statistics, and with ``diagnose`` its layer errors (else None; None too when not supported)."""
+    timesteps, test_ds, calib, n = settings["timesteps"], setup.test_ds, setup.calib, len(setup.test_ds)
+    t0 = time.perf_counter()
+    try:
+        snn = _convert(model, variables, name, calib, settings, schedule, spread)
+    except signgd_jax.UnsupportedOperation as e:  # the reason is printed once, under report.accuracy_table
+        return dict(supported=False, reason=one_line(e), accuracy=None, correct=None, spike_statistics=None,
+                    timings=None), None
+    t1 = time.perf_counter()
+    choice = None
+    if schedule == "auto" and get_dynamics(name).uses_schedule:
+        choice = signgd_jax.tune_schedule(snn, calib, timesteps)
+        log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
+            f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
+    t_tuned = time.perf_counter()
+    correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, setup.eval_batch, timesteps, setup.dp, progress,
+                                              name, dtype=settings["dtype"], store=setup.store)
+    t2 = time.perf_counter()
+    stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
+    t3 = time.perf_counter()
+    entry = dict(
+        supported=True, reason=None, spike_levels=snn.dynamics.spike_levels,
+        bits_per_neuron_step=snn.dynamics.bits_per_step,
+        accuracy={str(t): int(c) / n for t, c in zip(timesteps, correct)},
+        correct={str(t): int(c) for t, c in zip(timesteps, correct)},
+        spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
+        timings=dict(convert_s=round(t1 - t0, 3), tune_s=round(t_tuned - t1, 3),
+                     simulate_s=round(t2 - t_tuned, 3), statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
+                     images_per_s=round((n - min(resumed * setup.eval_batch, n)) / max(t2 - t_tuned, 1e-9), 2)))
+    if choice is not None:
+        entry["schedule_per_t"] = choice.as_dict()
+    return entry, (_layer_errors(snn, test_ds, timesteps) if diagnose else None)
+
+
+def _assemble_results(identity: dict, workdir: str, settings: dict, setup: _Setup, ann_correct: int, *,
+                      data_dir: Optional[str], schedule: str, spread: Optional[float], extra: Optional[dict],
+                      evaluated: dict, timings: dict) -> dict:
+    """The results dict: what was evaluated with which settings and calibration, the ANN's accuracy,
+    then ``evaluated`` (``dynamics`` or ``sweep``, and ``layer_errors``), ``timings`` and the machine."""
+    s, n, calib = settings, len(setup.test_ds), setup.calib
+    results = dict(
+        format=RESULTS_FORMAT,
+        workdir=os.path.abspath(workdir),
+        model=identity["model"],
+        dataset=setup.test_ds.name,
+        **(extra or {}),
+        num_test_images=n,
+        timesteps=list(s["timesteps"]),
+        settings=dict(dynamics=list(s["dynamics"]), codec=s["codec"], schedule=schedule, spread=spread,
+                      spike_levels=s.get("spike_levels"), eta0=s["eta0"], gamma=s["gamma"],
+                      dtype=s["dtype"] or "float32",
+                      batch_size=s["batch_size"], eval_batch_size=setup.eval_batch, limit=s["limit"],
+                      data_dir=data_dir),
+        calibration=dict(split="train", batches=len(calib), batch_size=s["calibration_batch_size"],
+                         images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
+        ann=dict(accuracy=ann_correct / n, correct=ann_correct),
+    )
+    results.update(evaluated)
+    results.update(timings=timings, machine=machine_info())
+    return results
+
+
 def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
                    data_dir: Optional[str], schedule: str = "exponential", spread: Optional[float] = None,
                    progress: bool = True,
@@ -471,123 +639,29 @@ def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir:
     n/a. With ``diagnose`` each dynamics' layer errors (:func:`signgd_jax.diagnose.layer_errors`
     on the first :data:`DIAGNOSE_IMAGES` test images) go into ``results["layer_errors"]``.
     """
-    from signgd_jax import diagnose as diagnostics
-
     t_start = time.perf_counter() if t_start is None else t_start
-    s = settings
-    timesteps, dtype, batch_size = s["timesteps"], s["dtype"], s["batch_size"]
-    eta0, gamma, codec = s["eta0"], s["gamma"], s["codec"]
     sweeping = sweep_eta0 is not None or sweep_gamma is not None
-    try:
-        check_spread(spread)
-    except ValueError:
-        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}") from None
-    if schedule == "auto" and jax.process_count() > 1:
-        raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
-                           "multi-process options")
-    if sweeping and jax.process_count() > 1:
-        raise ConvertError("a sweep runs in one process (over its local devices); start it without "
-                           "multi-process options")
-    grid = (tuple(sweep_eta0 or (eta0,)), tuple(sweep_gamma or (gamma,)))
-    if sweeping and (min(grid[0]) <= 0 or not all(0 < g <= 1 for g in grid[1])):
-        raise ConvertError(f"sweep values need eta0 > 0 and 0 < gamma <= 1, got eta0 {list(grid[0])}, "
-                           f"gamma {list(grid[1])}")
-    test_ds = test_ds.take(s["limit"])
-    if len(test_ds) == 0:
-        raise ConvertError(f"the test split of {test_ds.name!r} is empty")
-    dp = DataParallel(devices)
-    eval_batch = dp.round_up(min(batch_size, len(test_ds)))
-    calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
-    distributed.agree_on_inputs(dp.processes, identity, variables, test_ds, calib)  # else exit 2 everywhere
-    t_loaded = time.perf_counter()
-    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} batches, "
-        f"{sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
-        f"({jax.default_backend()})")
-
-    store = None
-    if resume and not sweeping:
-        store = ProgressStore(workdir, dict(
-            identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds), timesteps=timesteps,
-            codec=codec, schedule=schedule, spread=spread, spike_levels=s.get("spike_levels"), eta0=eta0, gamma=gamma, dtype=dtype, eval_batch_size=eval_batch,
-            calibration_batch_size=s["calibration_batch_size"], calibration_batches=len(calib),
-            calibration_seed=CALIBRATION_SEED), save_every_s, log)
-    ann_correct = evaluate_ann(model, variables, test_ds, eval_batch, dp, progress, store)
+    grid = _check_options(settings, schedule, spread, sweeping, sweep_eta0, sweep_gamma)
+    setup = _prepare(variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
+                     schedule=schedule, spread=spread, devices=devices, resume=resume and not sweeping,
+                     save_every_s=save_every_s, log=log)
+    ann_correct = evaluate_ann(model, variables, setup.test_ds, setup.eval_batch, setup.dp, progress, setup.store)
     t_ann = time.perf_counter()
-    n = len(test_ds)
-    per_dynamics, swept, layer_errors = {}, {}, {}
-    for name in s["dynamics"]:
-        t0 = time.perf_counter()
-        chosen = get_dynamics(name)
-        try:
-            snn = signgd_jax.convert(model, variables, calib, dynamics=name, codec=codec,
-                                     schedule="exponential" if schedule == "auto" else schedule, eta0=eta0, gamma=gamma,
-                                     spread=spread if chosen.takes_spread else None,
-                                     spike_levels=s.get("spike_levels") if chosen.takes_levels else None)
-        except signgd_jax.UnsupportedOperation as e:
-            per_dynamics[name] = dict(supported=False, reason=one_line(e), accuracy=None, correct=None,
-                                      spike_statistics=None, timings=None)
-            swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
-            continue  # the reason is printed once, under the table (report.accuracy_table, sweep_table)
-        t1 = time.perf_counter()
-        if sweeping:
-            try:
-                swept[name] = run_sweep(snn, test_ds, eval_batch, timesteps, grid[0], grid[1], dp, dtype)
-            except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
-                swept[name] = dict(supported=False, reason=one_line(e), accuracy=None, best=None)
-                continue  # printed once, by sweep_table
-            swept[name]["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
-            continue
-        choice = None
-        if schedule == "auto" and chosen.uses_schedule:
-            choice = signgd_jax.tune_schedule(snn, calib, timesteps)
-            log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
-                f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
-        t_tuned = time.perf_counter()
-        correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, eval_batch, timesteps, dp, progress, name,
-                                                  dtype=dtype, store=store)
-        t2 = time.perf_counter()
-        stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
-        t3 = time.perf_counter()
-        per_dynamics[name] = dict(
-            supported=True, reason=None, spike_levels=snn.dynamics.spike_levels,
-            bits_per_neuron_step=snn.dynamics.bits_per_step,
-            accuracy={str(t): int(c) / n for t, c in zip(timesteps, correct)},
-            correct={str(t): int(c) for t, c in zip(timesteps, correct)},
-            spike_statistics=dict(num_steps=max(timesteps), num_images=n, **stats),
-            timings=dict(convert_s=round(t1 - t0, 3), tune_s=round(t_tuned - t1, 3),
-                         simulate_s=round(t2 - t_tuned, 3), statistics_s=round(t3 - t2, 3), resumed_batches=resumed,
-                         images_per_s=round((n - min(resumed * eval_batch, n)) / max(t2 - t_tuned, 1e-9), 2)))
-        if choice is not None:
-            per_dynamics[name]["schedule_per_t"] = choice.as_dict()
-        if diagnose:
-            images, _ = test_ds.get(np.arange(min(DIAGNOSE_IMAGES, n)))
-            layer_errors[name] = dict(images=len(images), **layer_error_numbers(
-                diagnostics.layer_errors(snn, images, timesteps)))
-    t_end = time.perf_counter()
-    results = dict(
-        format=RESULTS_FORMAT,
-        workdir=os.path.abspath(workdir),
-        model=identity["model"],
-        dataset=test_ds.name,
-        **(extra or {}),
-        num_test_images=n,
-        timesteps=list(timesteps),
-        settings=dict(dynamics=list(s["dynamics"]), codec=codec, schedule=schedule, spread=spread,
-                      spike_levels=s.get("spike_levels"), eta0=eta0, gamma=gamma,
-                      dtype=dtype or "float32",
-                      batch_size=batch_size, eval_batch_size=eval_batch, limit=s["limit"],
-                      data_dir=data_dir),
-        calibration=dict(split="train", batches=len(calib), batch_size=s["calibration_batch_size"],
-                         images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
-        ann=dict(accuracy=ann_correct / n, correct=ann_correct),
-    )
     if sweeping:
-        results["sweep"] = dict(eta0=list(grid[0]), gamma=list(grid[1]), dynamics=swept)
+        swept = {name: _sweep_dynamics(model, variables, name, setup, settings, grid, schedule=schedule,
+                                       spread=spread) for name in settings["dynamics"]}
+        evaluated = dict(sweep=dict(eta0=list(grid[0]), gamma=list(grid[1]), dynamics=swept))
     else:
-        results["dynamics"] = per_dynamics
-    if diagnose and not sweeping:
-        results["layer_errors"] = layer_errors
-    results.update(timings=dict(load_s=round(t_loaded - t_start, 3), ann_s=round(t_ann - t_loaded, 3),
-                                snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3)),
-                   machine=machine_info())
-    return results
+        per_dynamics, layer_errors = {}, {}
+        for name in settings["dynamics"]:
+            per_dynamics[name], errors = _evaluate_dynamics(model, variables, name, setup, settings,
+                                                            schedule=schedule, spread=spread, progress=progress,
+                                                            diagnose=diagnose, log=log)
+            if errors is not None:
+                layer_errors[name] = errors
+        evaluated = dict(dynamics=per_dynamics, **(dict(layer_errors=layer_errors) if diagnose else {}))
+    t_end = time.perf_counter()
+    timings = dict(load_s=round(setup.t_loaded - t_start, 3), ann_s=round(t_ann - setup.t_loaded, 3),
+                   snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3))
+    return _assemble_results(identity, workdir, settings, setup, ann_correct, data_dir=data_dir, schedule=schedule,
+                             spread=spread, extra=extra, evaluated=evaluated, timings=timings)
