@@ -55,6 +55,14 @@ def _as_images(batch, position: int):
     return images
 
 
+def layout_hint(shape) -> str | None:
+    """A one-line hint when an image batch looks channels-first ([batch, C, H, W]), else None."""
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[-1] not in (1, 3, 4) and shape[2] > 4:
+        return (f"the images have shape {tuple(shape)}, which looks like [batch, C, H, W]; Flax models take "
+                "[batch, H, W, C]: transpose them with images.transpose(0, 2, 3, 1)")
+    return None
+
+
 def calibration_arrays(calibration_batches) -> list:
     """The calibration images as a list of float32 arrays ``[batch, ...]``.
 
@@ -206,10 +214,18 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str | Dyn
     check_codec(codec)
     apply_fn, variables = model_and_variables(model, variables)
     batches = calibration_arrays(calibration_batches)
-    if fold_bn:
-        variables, apply_fn = fold_batch_norm(model, variables, batches[0], apply_fn)
-    apply_fn = expanded(apply_fn, chosen.expands)
-    run, leaves = _trace(apply_fn, variables, batches[0])
+    try:
+        if fold_bn:
+            variables, apply_fn = fold_batch_norm(model, variables, batches[0], apply_fn)
+        apply_fn = expanded(apply_fn, chosen.expands)
+        run, leaves = _trace(apply_fn, variables, batches[0])
+    except interpret.UnsupportedOperation:
+        raise
+    except Exception as e:  # a shape error from Flax or lax: say what layout we expect
+        hint = layout_hint(batches[0].shape)
+        if hint is None:
+            raise
+        raise ValueError(f"{hint}; the model failed on them: {str(e).splitlines()[0][:300]}") from e
     found, statistics = _calibration_statistics(run, leaves, batches)
     chosen.check_kinds(kind for kind, _ in found.values())
     units = {name: chosen.site_units(kind, statistics[name], spread) for name, (kind, _) in found.items()}

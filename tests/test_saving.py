@@ -35,3 +35,4 @@ def test_version_is_the_installed_one():
     from importlib import metadata
 
     assert sg.__version__ == metadata.version("signgd-jax")
+

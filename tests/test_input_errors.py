@@ -1,0 +1,14 @@
+"""Input mistakes are refused at our API with a hint, not deep in Flax."""
+import flax.linen as fnn
+import jax
+import pytest
+
+import signgd_jax as sg
+
+
+def test_channels_first_images_get_a_layout_hint():
+    model = fnn.Sequential([fnn.Conv(4, (3, 3)), lambda y: y.reshape(y.shape[0], -1), fnn.Dense(3)])
+    nhwc = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    variables = model.init(jax.random.key(1), nhwc)
+    with pytest.raises(ValueError, match=r"looks like \[batch, C, H, W\].*transpose"):
+        sg.convert(model, variables, nhwc.transpose(0, 3, 1, 2))
