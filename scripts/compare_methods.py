@@ -290,6 +290,10 @@ def _params(model) -> tuple:
 
 
 # ----------------------------------------------------------------------------- tables and figures
+def _evaluation_seconds(summary: dict) -> float:
+    return sum(row.get("seconds", 0.0) for r in summary["models"].values() for row in r["methods"].values())
+
+
 def _pct(value) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
@@ -307,13 +311,15 @@ def markdown(summary: dict) -> str:
     lines = ["# How signGD compares: conversion methods on the same trained weights", "",
              f"Command: `{summary['command']}`", "",
              f"Machine: {m['platform']}, {m['cpu_count']} CPUs, jax {m['jax']} ({m['backend']}). "
-             f"Total time {summary['seconds']:.0f} s. Test images: the first "
+             f"Evaluation time {_evaluation_seconds(summary):.0f} s (conversions, tuning and simulations, summed over "
+             "models and methods; training not included). Test images: the first "
              + (f"{summary['settings']['limit']} of each test split" if summary['settings']['limit'] else
                 "1,000 of mnist5k's test split (digits: 500)")
              + ", the same for every method; calibration: 12 training batches of 250 (digits: 1,250 training images).",
              "", "Test accuracy (%) per time-step T; `bits` = bits a neuron can send per step; the last two "
              "columns: the first T within one point of the ANN and the energy per image there (uJ; 0.9 pJ per "
              "accumulate, 4.6 pJ per multiply-accumulate, arithmetic only).", ""]
+    lines += headline_table(summary)
     for name, r in summary["models"].items():
         ts = sorted({int(t) for row in r["methods"].values() if row.get("supported") for t in row["per_t"]})
         lines += [f"## {name} (ANN {_pct(r['ann']['accuracy'])}%, "
@@ -334,6 +340,31 @@ def markdown(summary: dict) -> str:
         lines.append("")
     lines += equal_bits_table(summary)
     return "\n".join(lines) + "\n"
+
+
+def headline_table(summary: dict) -> list:
+    """Per model and method: the first T within one point of the ANN, with the bits per neuron
+    and the energy per image there ('-': not within one point at any T measured)."""
+    labels = list(dict.fromkeys(label for r in summary["models"].values() for label, row in r["methods"].items()
+                                if row.get("supported")))
+    lines = ["## Summary: the first T within one point of the ANN", "",
+             "Each cell: T (bits per neuron = T x bits per step; energy per image in uJ). '-': not within one "
+             "point at any T measured (graded and `ecmt n=3` rows stop at T=8); blank: the method does not "
+             "convert this network.", "",
+             "| model | ANN | " + " | ".join(labels) + " |", "|---|---:|" + "---|" * len(labels)]
+    for name, r in summary["models"].items():
+        cells = []
+        for label in labels:
+            row = r["methods"].get(label)
+            if not row or not row.get("supported"):
+                cells.append("")
+                continue
+            first = within_one_point(row, r["ann"]["accuracy"])
+            point = row["per_t"].get(str(first), {})
+            cells.append(f"T={first} ({point['bits_per_neuron']:.3g} b; {point['energy_uj_per_image']:.2g})"
+                         if first else "-")
+        lines.append(f"| {name} | {_pct(r['ann']['accuracy'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def equal_bits_table(summary: dict) -> list:
@@ -426,7 +457,7 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
-            if saved.get("settings") == settings:
+            if saved.get("settings") == json.loads(json.dumps(settings)):  # as it reads back from JSON
                 print(f"== {name}: reusing {path}", flush=True)
                 summary["models"][name] = saved["result"]
                 continue
