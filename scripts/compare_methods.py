@@ -395,6 +395,8 @@ def figures(summary: dict, results_dir: str) -> list:
     import matplotlib.pyplot as plt
 
     names = list(summary["models"])
+    palette = matplotlib.colormaps["tab10"].colors + ("k",)
+    colors = {m.label: palette[i % len(palette)] for i, m in enumerate(METHODS)}  # one color per method
     cols = 3
     rows = math.ceil(len(names) / cols)
     paths = []
@@ -408,7 +410,8 @@ def figures(summary: dict, results_dir: str) -> list:
                 ts = sorted(int(t) for t in row["per_t"])
                 acc = [100 * row["per_t"][str(t)]["accuracy"] for t in ts]
                 x = ts if kind == "accuracy" else [row["per_t"][str(t)]["energy_uj_per_image"] for t in ts]
-                ax.plot(x, acc, marker="o", ms=3, label=label, ls="--" if label.startswith(("if", "qcfs", "ecmt")) else "-")
+                ax.plot(x, acc, marker="o", ms=3, label=label, color=colors.get(label, "0.5"),
+                        ls="--" if label.startswith(("if", "qcfs", "ecmt")) else "-")
             ann = 100 * r["ann"]["accuracy"]
             ax.axhline(ann, color="k", lw=0.8, ls=":", label="ANN")
             if kind == "energy" and "energy_uj_per_image" in r["ann"]:
