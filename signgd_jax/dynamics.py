@@ -1,4 +1,4 @@
-"""Neuronal dynamics: one object per mode, each neuron a pure ``(init, step)`` pair.
+"""Neuronal dynamics: one object per conversion method, each neuron a pure ``(init, step)`` pair.
 
 A signGD neuron for a nonlinearity ``phi`` (its kind, :mod:`signgd_jax.kinds`) keeps two
 estimates, updated with the step size ``eta_t`` shared by every neuron of the network:
@@ -13,24 +13,27 @@ estimates, so the network step (``signgd_jax.simulate``) evaluates the affine la
 estimates and hands each neuron its ``x_t``; a neuron keeps only its output estimate, in the
 units of ``phi``: ``u = o + r v`` (``o`` = ``Site.out_offset``, ``r`` = ``Site.out_scale``).
 
-The modes (``DYNAMICS``):
+The dynamics (``DYNAMICS``; the SNN carries its object, ``SNN.dynamics``):
 
 * ``paper``: the reference implementation: ``o = 0``; ReLUs rescaled to [0, 1] (``r = m``, the
-  calibrated maximum); the float codec's estimate of the image is ``c_t * image``.
+  calibrated maximum); the float codec's estimate of the image is ``c_t * image``; GELU tracked
+  as ``x sigmoid(1.702 x)``.
 * ``improved``: ``o`` and ``r`` calibrated for every neuron (mean and largest deviation), so no
-  target is out of reach, and the float codec delivers the image exactly.
+  target is out of reach; the float codec delivers the image exactly; every neuron tracks the
+  ANN's own function. ``spike_levels=K`` makes it graded (:func:`signgd_neuron`).
 * ``if``: the paper's baseline ("subgradient" dynamics = integrate-and-fire neurons with rate
   coding), ReLU networks only: ``eta_t = 1/(t+1)``, the image fed as is, ``x_t = x_{t-1} -
   eta_t (x_{t-1} - A(s_t))``, ``spike_t = H(x_t - v_{t-1})`` (no spike on a tie),
   ``v_t = v_{t-1} - eta_t (v_{t-1} - spike_t)``; max-pooling stays a max of spikes and the decoder
   averages the logits.
+* ``qcfs``: integrate-and-fire neurons of a QCFS-trained network (:func:`qcfs_neuron`).
+* ``ecmt``: expectation compensation and multi-threshold neurons (:func:`expectation_neuron`).
 
 A neuron is made for one converted site, like an optax transformation for its
-hyper-parameters: ``neuron = DYNAMICS[mode].neuron(site)``; ``state = neuron.init(batch)``;
-``state, out, spikes = neuron.step(state, inputs, eta)``. Adding a dynamics means adding one
-:class:`Dynamics` here; nothing outside this module compares mode names.
-"""
-from __future__ import annotations
+hyper-parameters: ``neuron = dynamics.neuron(site)``; ``state = neuron.init(batch)``;
+``state, out, events = neuron.step(state, inputs, eta)``. Adding a method means adding one
+:class:`Dynamics` here; nothing outside this module compares method names.
+"""from __future__ import annotations
 
 import dataclasses
 import math
