@@ -33,7 +33,8 @@ A neuron is made for one converted site, like an optax transformation for its
 hyper-parameters: ``neuron = dynamics.neuron(site)``; ``state = neuron.init(batch)``;
 ``state, out, events = neuron.step(state, inputs, eta)``. Adding a method means adding one
 :class:`Dynamics` here; nothing outside this module compares method names.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import dataclasses
 import math
