@@ -235,15 +235,42 @@ def _batch_mesh(devices):
     return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
 
+class SweepGrid(np.ndarray):
+    """The accuracies of a :func:`sweep`, ``[len(eta0), len(gamma), len(timesteps)]`` (a numpy
+    array), with the grid's axes (``eta0``, ``gamma``, ``timesteps``) and :meth:`best`."""
+
+    def __new__(cls, accuracy, eta0, gamma, timesteps):
+        grid = np.asarray(accuracy).view(cls)
+        grid.eta0, grid.gamma, grid.timesteps = tuple(map(float, eta0)), tuple(map(float, gamma)), tuple(timesteps)
+        return grid
+
+    def __array_finalize__(self, obj):
+        self.eta0 = getattr(obj, "eta0", None)
+        self.gamma = getattr(obj, "gamma", None)
+        self.timesteps = getattr(obj, "timesteps", None)
+
+    def best(self, timesteps: int) -> tuple[float, float, float]:
+        """``(eta0, gamma, accuracy)`` of the most accurate grid point at ``timesteps`` (the first
+        one in grid order on a tie)."""
+        try:
+            k = self.timesteps.index(int(timesteps))
+        except (ValueError, AttributeError):
+            raise ValueError(f"T={timesteps} is not a swept time-step; swept: {list(self.timesteps or ())}") from None
+        accuracy = np.asarray(self)[:, :, k]
+        i, j = np.unravel_index(int(np.argmax(accuracy)), accuracy.shape)
+        return self.eta0[i], self.gamma[j], float(accuracy[i, j])
+
+
 def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = None,
           gamma: Optional[Sequence[float]] = None, timesteps: Sequence[int] = (8, 16, 32, 64),
           key=None, dtype=None, chunk_size: Optional[int] = None, memory_bytes: Optional[int] = None,
           devices: Optional[Sequence[jax.Device]] = None, return_logits: bool = False):
     """Test accuracy of ``snn`` for every ``(eta0, gamma)`` of a grid, at each time-step.
 
-    Returns an array ``[len(eta0), len(gamma), len(timesteps)]`` of accuracies (fraction of
-    images classified correctly; time-steps sorted ascending, as :func:`signgd_jax.simulate`
-    returns them); with ``return_logits`` also the logits ``[len(eta0), len(gamma),
+    Returns a :class:`SweepGrid`, an array ``[len(eta0), len(gamma), len(timesteps)]`` of
+    accuracies (fraction of images classified correctly; time-steps sorted ascending, as
+    :func:`signgd_jax.simulate` returns them) with ``grid.best(T)`` -> ``(eta0, gamma,
+    accuracy)``; with ``return_logits`` also the logits ``[len(eta0), len(gamma),
     len(timesteps), images, classes]`` in the order of the batches.
 
     Args:
@@ -304,7 +331,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         total += n
         if return_logits:
             all_logits.append(np.concatenate(batch_logits))
-    accuracy = (correct / total).reshape(len(eta0s), len(gammas), len(timesteps))
+    accuracy = SweepGrid((correct / total).reshape(len(eta0s), len(gammas), len(timesteps)), eta0s, gammas, timesteps)
     if not return_logits:
         return accuracy
     logits = np.concatenate(all_logits, axis=2)

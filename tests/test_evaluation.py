@@ -36,3 +36,21 @@ def test_report_matches_simulate_and_the_ann(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="labels"):
         sg.evaluate(snn, x, timesteps=2)
+
+
+def test_sweep_returns_its_grid_with_the_best_point():
+    model = Net()
+    x = jax.random.normal(jax.random.key(2), (24, 6))
+    variables = model.init(jax.random.key(3), x)
+    labels = np.asarray(model.apply(variables, x)).argmax(-1)
+    snn = sg.convert(model, variables, x, dynamics="improved")
+    grid = sg.sweep(snn, (x, labels), eta0=[0.05, 0.3], gamma=[0.7, 0.95], timesteps=(2, 8))
+    assert grid.shape == (2, 2, 2) and grid.eta0 == (0.05, 0.3) and grid.timesteps == (2, 8)
+    for k, t in enumerate((2, 8)):
+        e, g, accuracy = grid.best(t)
+        i, j = grid.eta0.index(e), grid.gamma.index(g)
+        assert accuracy == grid[i, j, k] == np.asarray(grid)[:, :, k].max()
+        own = sg.simulate(snn.with_schedule(eta0=e, gamma=g), x, (t,))[0]
+        assert accuracy == pytest.approx(float(np.mean(np.asarray(own).argmax(-1) == labels)))
+    with pytest.raises(ValueError, match="not a swept time-step"):
+        grid.best(4)
