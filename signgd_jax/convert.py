@@ -160,7 +160,7 @@ def _probe(run, leaves, example, units, dynamics):
     logits_one, logits_zero = probe_with(1), probe_with(0)
     offsets = {name: tuple(a1 + a0 for a1, a0 in zip(levels[1], levels[0])) for name, levels in recorded.items()}
     a0s = {name: tuple(levels[0]) for name, levels in recorded.items()}
-    return a0s, offsets, Decoder(a0=logits_zero, offset=logits_one + logits_zero)
+    return a0s, offsets, Decoder(a0=logits_zero, a1_plus_a0=logits_one + logits_zero)
 
 
 def check_spread(spread, takes_spread: bool = True, dynamics: str = "improved"):
@@ -230,7 +230,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str | Dyn
     chosen.check_kinds(kind for kind, _ in found.values())
     units = {name: chosen.site_units(kind, statistics[name], spread) for name, (kind, _) in found.items()}
     a0s, offsets, decoder = _probe(run, leaves, batches[0], units, chosen)
-    sites = {name: Site(kind=kind, options=options, a0=a0s[name], offset=offsets[name], **units[name])
+    sites = {name: Site(kind=kind, options=options, a0=a0s[name], a1_plus_a0=offsets[name], **units[name])
              for name, (kind, options) in found.items()}
     return SNN(variables=variables, sites=sites, decoder=decoder, schedule=make_schedule(schedule, eta0, gamma),
                apply_fn=apply_fn, dynamics=chosen, codec=codec)

@@ -517,7 +517,7 @@ def neuron_trajectory(kind: str, x, num_steps: int, *, dynamics="paper", spike_l
         raise ValueError(f"no single-input neuron {kind!r}; supported: {', '.join(kinds.UNARY_KINDS)}")
     chosen.check_kinds([kind])
     x = jnp.asarray(x, jnp.float32)[None]
-    site = Site(kind=kind, options=tuple(sorted(options.items())), a0=(x,), offset=(2 * x,))
+    site = Site(kind=kind, options=tuple(sorted(options.items())), a0=(x,), a1_plus_a0=(2 * x,))
     phi = chosen.target_of(kinds.get(kind))(x, **options)
     if chosen.site_units is _calibrated_range:
         if out_offset is None:

@@ -14,44 +14,27 @@ import jax
 from signgd_jax.schedules import Schedule
 
 
-class _ByName:
-    """Read access by field name (``site["a0"]``, ``site.get("in_scale", 1.0)``); unset (None)
-    fields count as missing, as in the dict records of earlier versions."""
-
-    def __getitem__(self, name):
-        value = getattr(self, name, None)
-        if value is None or name.startswith("_"):
-            raise KeyError(name)
-        return value
-
-    def __contains__(self, name):
-        return getattr(self, name, None) is not None
-
-    def get(self, name, default=None):
-        return self[name] if name in self else default
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Site(_ByName):
+class Site:
     """One neuron site: a layer of neurons of one kind, arrays shaped like one sample
     (leading axis 1) and broadcast over the batch.
 
     a0: ``A(0)`` per input, the start value ``x_0`` of each input estimate.
-    offset: ``A(1) + A(0)`` per input (the probe pass's correction).
+    a1_plus_a0: ``A(1) + A(0)`` per input (the probe pass's offset correction).
     in_scale: paper-mode ReLU scaling ``s = 1/m`` (the neuron works on ``x s``), else None.
     out_scale: the output estimate's unit: the represented value is
       ``out_offset + out_scale * v`` (paper-mode ReLU: ``m``; improved mode: the calibrated
       range ``r``), None for 1.
     out_offset: the start value ``o`` of the output estimate (improved mode), None for 0.
-    thresholds: ``(positive, negative)`` smallest thresholds of a multi-threshold neuron
-      (the 'ecmt' dynamics), else None.
+    thresholds: ``(positive, negative)`` calibrated extreme outputs of each sign, the largest
+      spikes of a multi-threshold neuron (the 'ecmt' dynamics), else None.
     """
 
     kind: str = dataclasses.field(metadata=dict(static=True))
     options: tuple = dataclasses.field(metadata=dict(static=True))
     a0: tuple
-    offset: tuple
+    a1_plus_a0: tuple
     in_scale: Any = None
     out_scale: Any = None
     out_offset: Any = None
@@ -67,11 +50,11 @@ class Site(_ByName):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Decoder(_ByName):
+class Decoder:
     """The output layer's corrections: ``y_0 = A(0)`` and ``A(1) + A(0)`` of the logits."""
 
     a0: Any
-    offset: Any
+    a1_plus_a0: Any
 
 
 def site_name(index: int, kind: str) -> str:

@@ -304,7 +304,8 @@ def test_loaded_resnet18_converts_and_simulates(resnet18_arrays, images):
         assert kinds == {"relu", "maximum" if mode == "paper" else "max_pool"}, kinds
 
         def rescaled(index, kind, options, inputs):
-            scale = snn.sites[f"{index:03d}_{kind}"].get("in_scale", 1.0)
+            scale = snn.sites[f"{index:03d}_{kind}"].in_scale
+            scale = 1.0 if scale is None else scale
             return snn_nn.ann_op(kind, options)(*[z * scale for z in inputs]) / scale
 
         tracked = np.asarray(interpret.evaluate(snn.apply_fn, snn.variables, x, rescaled))

@@ -88,7 +88,7 @@ def test_relu_scaling_identity():
 
     def scaled(index, kind, options, inputs):
         p = snn.sites[f"{index:03d}_{kind}"]
-        return jnp.maximum(inputs[0] * p["in_scale"], 0) / p["in_scale"]
+        return jnp.maximum(inputs[0] * p.in_scale, 0) / p.in_scale
 
     ann = model.apply(variables, x)
     rescaled = interpret.evaluate(snn.apply_fn, snn.variables, x, scaled)
@@ -106,13 +106,13 @@ def test_probe_records_offsets_of_affine_inputs():
     snn = sg.convert(model, variables, [x])
     w, b = variables["params"]["hidden"]["kernel"], variables["params"]["hidden"]["bias"]
     site = snn.sites["000_relu"]
-    s = site["in_scale"]
-    np.testing.assert_allclose(site["a0"][0], b * s, rtol=1e-5)
-    np.testing.assert_allclose(site["offset"][0], (w.sum(0) + 2 * b) * s, rtol=1e-5)
+    s = site.in_scale
+    np.testing.assert_allclose(site.a0[0], b * s, rtol=1e-5)
+    np.testing.assert_allclose(site.a1_plus_a0[0], (w.sum(0) + 2 * b) * s, rtol=1e-5)
     w2, b2 = variables["params"]["out"]["kernel"], variables["params"]["out"]["bias"]
     m = 1 / s
-    np.testing.assert_allclose(snn.decoder["a0"], b2[None], rtol=1e-5)
-    np.testing.assert_allclose(snn.decoder["offset"], (m[0] @ w2 + 2 * b2)[None], rtol=1e-5)
+    np.testing.assert_allclose(snn.decoder.a0, b2[None], rtol=1e-5)
+    np.testing.assert_allclose(snn.decoder.a1_plus_a0, (m[0] @ w2 + 2 * b2)[None], rtol=1e-5)
 
 
 def test_layer_norm_second_input_offset():
@@ -125,8 +125,8 @@ def test_layer_norm_second_input_offset():
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x])
     site = snn.sites["001_rsqrt_mul"]
-    np.testing.assert_allclose(site["a0"][1], 1e-3, rtol=1e-5)
-    np.testing.assert_allclose(site["offset"][1], 1 + 2e-3, rtol=1e-5)
+    np.testing.assert_allclose(site.a0[1], 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(site.a1_plus_a0[1], 1 + 2e-3, rtol=1e-5)
 
 
 def test_decompositions_match_flax():
@@ -199,24 +199,24 @@ def _literal_signgd(snn, x, num_steps):
     from signgd_jax.types import site_name
 
     sites = snn.sites
-    xs = {n: [jnp.broadcast_to(a, (x.shape[0], *a.shape[1:])) for a in p["a0"]] for n, p in sites.items()}
+    xs = {n: [jnp.broadcast_to(a, (x.shape[0], *a.shape[1:])) for a in p.a0] for n, p in sites.items()}
     # output estimates shaped like the target (a vector neuron's output need not be input-shaped)
     vs = {n: jnp.zeros_like(nn.ann_op(sites[n].kind, sites[n].options)(*v)) for n, v in xs.items()}
-    y, f, out = jnp.broadcast_to(snn.decoder["a0"], (x.shape[0], 10)), jnp.zeros_like(x), []
+    y, f, out = jnp.broadcast_to(snn.decoder.a0, (x.shape[0], 10)), jnp.zeros_like(x), []
     for eta in snn.schedule.step_sizes(num_steps):
         emitted, f = encode(snn.codec, f, x, eta, exact=snn.dynamics.name == "improved")
 
         def on_site(index, kind, options, inputs):
             name, p = site_name(index, kind), sites[site_name(index, kind)]
-            inputs = [z * p["in_scale"] for z in inputs] if "in_scale" in p else inputs
-            xs[name] = [track_input(a, z, o, eta) for a, z, o in zip(xs[name], inputs, p["offset"])]
-            represented = p.get("out_offset", 0.0) + p.get("out_scale", 1.0) * vs[name] if "out_offset" in p else vs[name]
+            inputs = [z * p.in_scale for z in inputs] if p.in_scale is not None else inputs
+            xs[name] = [track_input(a, z, o, eta) for a, z, o in zip(xs[name], inputs, p.a1_plus_a0)]
+            represented = p.out_offset + p.out_scale * vs[name] if p.out_offset is not None else vs[name]
             spike = fire(kind, represented, xs[name], options, snn.dynamics)
             vs[name] = step_output(vs[name], spike, eta)
-            spike = spike * p["out_scale"] if "out_scale" in p else spike
-            return spike + p["out_offset"] if "out_offset" in p else spike
+            spike = spike * p.out_scale if p.out_scale is not None else spike
+            return spike + p.out_offset if p.out_offset is not None else spike
 
-        y = track_input(y, interpret.evaluate(snn.apply_fn, snn.variables, emitted, on_site), snn.decoder["offset"], eta)
+        y = track_input(y, interpret.evaluate(snn.apply_fn, snn.variables, emitted, on_site), snn.decoder.a1_plus_a0, eta)
         out.append(y)
     return jnp.stack(out)
 

@@ -148,10 +148,10 @@ def test_small_model_converts_with_the_expected_neurons(name):
     model, variables, x = _init(name, (2, 28, 28, 1))
     snn = sg.convert(model, variables, [x], dynamics=dynamics_for(name))
     assert _site_counts(snn) == expected_sites(name)
-    assert snn.decoder["a0"].shape == (1, 10)
+    assert snn.decoder.a0.shape == (1, 10)
     if name in ("resnet_mini", "vgg_mini"):
         # probe at zero: the last ReLU / max sites emit 0, so the logits are the head's bias
-        np.testing.assert_array_equal(np.asarray(snn.decoder["a0"])[0], variables["params"]["head"]["bias"])
+        np.testing.assert_array_equal(np.asarray(snn.decoder.a0)[0], variables["params"]["head"]["bias"])
     logits = jax.eval_shape(lambda s, img: sg.simulate(s, img, (1, 3)), snn, x)
     assert logits.shape == (2, 2, 10)
 
@@ -163,7 +163,7 @@ def test_imagenet_model_converts_abstractly_with_the_expected_neurons(name):
     variables = jax.eval_shape(lambda img: model.init(jax.random.key(0), img, train=False), x)
     snn = jax.eval_shape(lambda v, img: sg.convert(model, v, [img], dynamics=dynamics_for(name)), variables, x)
     assert _site_counts(snn) == expected_sites(name)
-    assert snn.decoder["a0"].shape == (1, 1000)
+    assert snn.decoder.a0.shape == (1, 1000)
     if dynamics_for(name) != "paper":  # refused by name in paper mode
         with pytest.raises(sg.UnsupportedOperation, match="softmax"):
             jax.eval_shape(lambda v, img: sg.convert(model, v, [img], dynamics="paper"), variables, x)

@@ -24,7 +24,7 @@ def _trajectory(kind, inputs, num_steps, **options):
     same ``signgd_neuron`` step as the simulator; ``o = phi/2``, ``r = |phi|/2`` per element."""
     inputs = tuple(jnp.asarray(x)[None] for x in inputs)
     phi = kinds.get(kind).target(*inputs, **options)
-    site = Site(kind=kind, options=tuple(sorted(options.items())), a0=inputs, offset=tuple(2 * x for x in inputs),
+    site = Site(kind=kind, options=tuple(sorted(options.items())), a0=inputs, a1_plus_a0=tuple(2 * x for x in inputs),
                 out_offset=phi / 2, out_scale=jnp.maximum(jnp.abs(phi) / 2, 1e-5))
     neuron = dynamics.get("improved").neuron(site)
     etas = make_schedule("exponential", 0.15, 0.95).step_sizes(num_steps)

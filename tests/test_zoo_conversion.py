@@ -44,7 +44,7 @@ def tracked_ann(snn, x, reach=None):
     """
     def on_site(index, kind, options, inputs):
         params = snn.sites[f"{index:03d}_{kind}"]
-        scale = params.get("in_scale", 1.0)
+        scale = 1.0 if params.in_scale is None else params.in_scale
         if kind in snn_nn.UNARY_KINDS:
             out = dynamics.target(kind, inputs[0] * scale, options)
         else:
@@ -73,7 +73,7 @@ def test_porting_identities(name):
     def rescaled(index, kind, options, inputs):
         p = snn.sites[f"{index:03d}_{kind}"]
         if kind == "relu":
-            return jnp.maximum(inputs[0] * p["in_scale"], 0) / p["in_scale"]
+            return jnp.maximum(inputs[0] * p.in_scale, 0) / p.in_scale
         return snn_nn.ann_op(kind, options)(*inputs)
 
     assert float(jnp.abs(interpret.evaluate(snn.apply_fn, snn.variables, x, rescaled) - ann).max()) <= 1e-4 * scale
