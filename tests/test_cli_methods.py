@@ -32,3 +32,17 @@ def test_the_flag_is_parsed_and_documented():
     assert args.spike_levels == 7
     text = cli.parser().format_help()
     assert "--spike-levels" in text and "ecmt" in text and "qcfs" in text
+
+
+def test_a_refused_operation_is_reported_by_its_first_line():
+    import jax.numpy as jnp
+
+    import signgd_jax as sg
+
+    try:
+        sg.convert(lambda v, x: jnp.sin(x) @ v, jnp.ones((3, 2)), jnp.ones((4, 3)))
+    except sg.UnsupportedOperation as e:
+        error = e
+    assert len(str(error).splitlines()) == 2
+    reason = core._refusal(error)
+    assert reason == str(error).splitlines()[0] and "supported:" not in reason and "'sin'" in reason

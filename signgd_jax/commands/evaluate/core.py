@@ -519,6 +519,11 @@ def _prepare(variables, identity: dict, train_ds, test_ds, workdir: str, setting
     return _Setup(test_ds, calib, dp, eval_batch, store, t_loaded)
 
 
+def _refusal(error) -> str:
+    """An UnsupportedOperation's first line (its second lists every supported operation)."""
+    return one_line(str(error).splitlines()[0]) if str(error) else one_line(error)
+
+
 def _convert(model, variables, name: str, calib: list, settings: dict, schedule: str, spread: Optional[float]):
     """The SNN of dynamics ``name`` (an 'auto' schedule starts exponential); raises
     :class:`signgd_jax.UnsupportedOperation`."""
@@ -538,13 +543,13 @@ def _sweep_dynamics(model, variables, name: str, setup: _Setup, settings: dict, 
     try:
         snn = _convert(model, variables, name, setup.calib, settings, schedule, spread)
     except signgd_jax.UnsupportedOperation as e:
-        return dict(supported=False, reason=one_line(e), accuracy=None, best=None)  # printed once, by sweep_table
+        return dict(supported=False, reason=_refusal(e), accuracy=None, best=None)  # printed once, by sweep_table
     t1 = time.perf_counter()
     try:
         entry = run_sweep(snn, setup.test_ds, setup.eval_batch, settings["timesteps"], grid[0], grid[1], setup.dp,
                           settings["dtype"])
     except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
-        return dict(supported=False, reason=one_line(e), accuracy=None, best=None)  # printed once, by sweep_table
+        return dict(supported=False, reason=_refusal(e), accuracy=None, best=None)  # printed once, by sweep_table
     entry["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
     return entry
 
@@ -568,7 +573,7 @@ def _evaluate_dynamics(model, variables, name: str, setup: _Setup, settings: dic
     try:
         snn = _convert(model, variables, name, calib, settings, schedule, spread)
     except signgd_jax.UnsupportedOperation as e:  # the reason is printed once, under report.accuracy_table
-        return dict(supported=False, reason=one_line(e), accuracy=None, correct=None, spike_statistics=None,
+        return dict(supported=False, reason=_refusal(e), accuracy=None, correct=None, spike_statistics=None,
                     timings=None), None
     t1 = time.perf_counter()
     choice = None
