@@ -195,14 +195,6 @@ def load_model(name: str, args):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def energy_terms(snn, sample):
-    """``(fan-out per site, first-layer MACs per step)`` of a conversion (metrics.fan_out)."""
-    from signgd_jax import metrics
-
-    fan = metrics.fan_out(snn, sample)
-    return fan, float(np.sum(fan["input"]))
-
-
 def run_method(snn, method: Method, calibration, images, labels, batch_size: int) -> dict:
     """Accuracy, events, synaptic operations and energy per image at each T of ``method``."""
     import signgd_jax as sg
@@ -220,27 +212,23 @@ def run_method(snn, method: Method, calibration, images, labels, batch_size: int
         rest = tuple(t for t in timesteps if t > TUNED_UP_TO)
         if rest:
             groups[(None, None, method.spike_levels)] = rest
-    fan, input_macs = energy_terms(snn, images[:1])
-    correct, events = {}, {}
+    n, correct, statistics = len(images), {}, {}
     for (e, g, k), ts in groups.items():
         run = snn if e is None else snn.with_schedule(eta0=e, gamma=g)
         run = run.with_spike_levels(k)
-        totals = None
+        hits, totals = np.zeros(len(ts)), None
         for i in range(0, len(images), batch_size):
             logits, counts = sg.simulate(run, images[i:i + batch_size], ts, return_spike_counts="per_timestep")
-            hits = np.asarray(metrics.accuracy_per_step(logits, labels[i:i + batch_size])) * len(logits[0])
-            sops = np.sum([np.sum(np.asarray(c, np.float64).reshape(len(ts), -1) * fan[n].reshape(1, -1), axis=1)
-                           for n, c in counts.items()], axis=0)
-            totals = (hits, sops) if totals is None else (totals[0] + hits, totals[1] + sops)
-        for t, h, s in zip(ts, *totals):
-            correct[t], events[t] = int(round(h)), float(s)
-    n = len(images)
+            hits += np.asarray(metrics.accuracy_per_step(logits, labels[i:i + batch_size])) * len(logits[0])
+            counts = {name: np.asarray(c, np.float64) for name, c in counts.items()}
+            totals = counts if totals is None else {name: totals[name] + c for name, c in counts.items()}
+        correct.update({t: int(round(h)) for t, h in zip(ts, hits)})
+        statistics.update(metrics.spike_statistics_per_timestep(run, totals, n, ts, images[:1]))
     out = {}
-    for t in timesteps:
-        sops = events[t] / n
-        out[str(t)] = dict(accuracy=correct[t] / n, correct=correct[t], sops_per_image=sops,
-                           energy_uj_per_image=(sops * metrics.ENERGY_PER_AC_PJ
-                                                + t * input_macs * metrics.ENERGY_PER_MAC_PJ) / 1e6,
+    for t in timesteps:  # per image over the whole T-step run
+        out[str(t)] = dict(accuracy=correct[t] / n, correct=correct[t],
+                           sops_per_image=statistics[t]["sops_per_image_step"] * t,
+                           energy_uj_per_image=statistics[t]["energy_pj_per_image_step"] * t / 1e6,
                            bits_per_neuron=t * snn.dynamics.bits_per_step)
     return dict(bits_per_neuron_step=snn.dynamics.bits_per_step, spike_levels=snn.dynamics.spike_levels,
                 timesteps=list(timesteps), per_t=out, schedule_per_t=schedule_per_t)

@@ -215,8 +215,8 @@ def multi_threshold(membrane, positive, negative, levels: int):
     (``i < levels``, ``theta`` = ``positive`` above zero, ``negative`` below), the largest whose
     half-threshold the membrane reaches: fires ``+positive 2**i`` where
     ``m >= positive (2**i - 1/2)``, tried from the largest ``i`` down, else ``-negative 2**i``
-    where ``-m >= negative (2**i - 1/2)``, else nothing. Returns ``(emitted value, level index
-    + 1 or 0)``."""
+    where ``-m >= negative (2**i - 1/2)``, else nothing. Returns ``(emitted value, whether it
+    fired)``."""
     emitted = jnp.zeros_like(membrane)
     fired = jnp.zeros(membrane.shape, bool)
     for i in reversed(range(levels)):
@@ -245,7 +245,7 @@ def expectation_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
     neuron) into the membrane of a multi-threshold neuron, ``m_t = m_{t-1} + o_t - e_t``, which
     sends one power-of-two spike ``e_t`` (:func:`multi_threshold`; its largest spike of each sign
     is ``Site.thresholds``, the calibrated extremes, so ``theta = extreme / 2**(n-1)``).
-    State: ``(S, C_t, m, sent so far, t)``."""
+    State: ``(S, C_t, m, t)``; what was sent so far is ``C_t - m_t``."""
     row, options = kinds.get(site.kind), site.option_dict
     levels = dynamics.spike_levels
     positive, negative = (extreme / 2.0 ** (levels - 1) for extreme in site.thresholds)
@@ -254,19 +254,19 @@ def expectation_neuron(site: Site, dynamics: "Dynamics") -> Neuron:
         sums = tuple(_per_batch(jnp.zeros_like(a), batch) for a in site.a0)
         shape = jax.eval_shape(lambda *a: row.ann(*a, **options), *sums)
         zeros = jnp.zeros(shape.shape, shape.dtype)
-        return (sums, zeros, zeros, zeros, jnp.zeros((), shape.dtype))
+        return (sums, zeros, zeros, jnp.zeros((), shape.dtype))
 
     def step(state, inputs, eta):
-        sums, cumulative, membrane, sent, steps = state
+        sums, cumulative, membrane, steps = state
         steps = steps + 1
         sums = tuple(s + z for s, z in zip(sums, inputs))
         out, cumulative = expectation_compensation(sums, steps, row.ann, options, cumulative)
         emitted, fired = multi_threshold(membrane + out, positive, negative, levels)
-        state = (sums, cumulative, membrane + out - emitted, sent + emitted, steps)
-        return state, emitted, fired.astype(emitted.dtype)
+        return (sums, cumulative, membrane + out - emitted, steps), emitted, fired.astype(emitted.dtype)
 
     def estimate(state):
-        return state[3] / jnp.maximum(state[4], 1)
+        sums, cumulative, membrane, steps = state
+        return (cumulative - membrane) / jnp.maximum(steps, 1)
 
     return Neuron(init, step, estimate)
 
@@ -376,8 +376,8 @@ class Dynamics:
     converts (None: all); target_of(kind row) -> the function its neurons track; expands: the
     site kinds taken apart before conversion (:mod:`signgd_jax.expand`); passes_probe(kind):
     whether a site forwards its inputs in the probe pass (a stateless operation);
-    step_sizes(schedule, T); uses_schedule: whether the SNN's schedule sets them;
-    network_input(codec) -> fn(state, images, eta, key) -> (network input, state); decoding;
+    step_sizes(schedule, T); encodes: whether the image enters through the signGD codec (and
+    neuron inputs carry the A(1)+A(0) correction), else as is every step; network_input(codec) -> fn(state, images, eta, key) -> (network input, state); decoding;
     spike_levels: levels a neuron sends per step on each side (graded signGD ``K``, ECMT's
     ``n``); levels_per_step: distinct values one neuron can send in a step (its bits are the
     log2); takes_spread: whether site_units uses a spread (improved mode's ranges).
@@ -392,8 +392,6 @@ class Dynamics:
     expands: tuple = ()
     passes_probe: Callable[[str], bool] = lambda kind: False
     step_sizes_of: Callable = _schedule_steps
-    uses_schedule: bool = True
-    corrects_offsets: bool = True  # the signGD input estimates' A(1)+A(0) correction
     encodes: bool = True
     exact_codec: bool = False
     decoding: Decoding = AS_IS
@@ -401,6 +399,11 @@ class Dynamics:
     levels_per_step: Callable[[int], int] = lambda k: 2
     takes_spread: bool = False
     takes_levels: bool = False  # whether spike_levels may be set (graded signGD, ECMT)
+
+    @property
+    def uses_schedule(self) -> bool:
+        """Whether the SNN's schedule sets this method's step sizes (else its own, e.g. ``1/t``)."""
+        return self.step_sizes_of is _schedule_steps
 
     @property
     def label(self) -> str:
@@ -420,7 +423,7 @@ class Dynamics:
     def with_spike_levels(self, levels: int | None) -> "Dynamics":
         """This dynamics with ``levels`` per step and side (None: its default); K = 1 for
         improved mode is the binary neuron itself (the same object, the same program)."""
-        default = DEFAULT_LEVELS.get(self.name, 1)
+        default = DYNAMICS[self.name].spike_levels if self.name in DYNAMICS else 1
         levels = default if levels is None else check_spike_levels(levels, self)
         if levels == self.spike_levels:
             return self
@@ -471,16 +474,14 @@ IMPROVED = Dynamics("improved", signgd_neuron, _calibrated_range, target_of=_ann
 INTEGRATE_AND_FIRE = Dynamics("if", integrate_and_fire_neuron, _relu_scaling, kinds=("relu", "maximum"),
                               kinds_text="ReLU networks", expands=("max_pool",),
                               passes_probe=lambda kind: kind == "maximum", step_sizes_of=_subgradient_steps,
-                              uses_schedule=False, corrects_offsets=False, encodes=False, decoding=AVERAGED)
+                              encodes=False, decoding=AVERAGED)
 QCFS = Dynamics("qcfs", qcfs_neuron, _no_units, kinds=("qcfs",), kinds_text="QCFS-trained networks "
                 "(signgd_jax.nn.qcfs activations; train with --activation qcfs)", step_sizes_of=_mean_steps,
-                uses_schedule=False, corrects_offsets=False, encodes=False, decoding=AVERAGED)
+                encodes=False, decoding=AVERAGED)
 ECMT = Dynamics("ecmt", expectation_neuron, _calibrated_extremes, target_of=_ann_target,
-                step_sizes_of=_mean_steps, uses_schedule=False, corrects_offsets=False, encodes=False,
-                decoding=AVERAGED, spike_levels=8, takes_levels=True, levels_per_step=lambda n: 2 * n + 1)
+                step_sizes_of=_mean_steps, encodes=False, decoding=AVERAGED, spike_levels=8, takes_levels=True, levels_per_step=lambda n: 2 * n + 1)
 DYNAMICS = {d.name: d for d in (PAPER, IMPROVED, INTEGRATE_AND_FIRE, QCFS, ECMT)}
 NAMES = tuple(DYNAMICS)
-DEFAULT_LEVELS = {d.name: d.spike_levels for d in DYNAMICS.values()}
 LEVELLED = tuple(name for name, d in DYNAMICS.items() if d.takes_levels)
 
 

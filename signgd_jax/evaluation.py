@@ -67,8 +67,7 @@ def evaluate(snn: SNN, batches, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 
         totals = counts if totals is None else {k: totals[k] + counts[k] for k in counts}
         n += len(images)
         sample = images[:1] if sample is None else sample
-    statistics = {t: metrics.spike_statistics(snn, {k: v[i] for k, v in totals.items()}, n, t, sample)
-                  for i, t in enumerate(timesteps)}
+    statistics = metrics.spike_statistics_per_timestep(snn, totals, n, timesteps, sample)
     energy = {t: s["energy_pj_per_image_step"] * t / 1e6 for t, s in statistics.items()}
     return Report(timesteps=timesteps, accuracy={t: float(c) / n for t, c in zip(timesteps, correct)},
                   ann_accuracy=ann_correct / n, num_images=n, statistics=statistics, energy_uj_per_image=energy,

@@ -79,23 +79,13 @@ def _counting_rule(eqn, values, dynamic):
     return None
 
 
-def _one_sample(snn: SNN, sample):
-    """The first image of ``sample`` (a batch ``[n, ...]`` like the calibration images) as
-    ``[1, ...]``; a ValueError naming the expected shape when it does not fit the network."""
-    sample = jnp.asarray(sample, jnp.float32)
-    try:
-        jax.eval_shape(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, interpret.ann_site), snn.variables,
-                       sample[:1])
-    except Exception as e:  # shape errors surface from Flax or lax with no hint
-        raise ValueError(f"sample must be a batch [n, ...] of network inputs like the calibration images (images "
-                         f"[batch, H, W, C]); got shape {tuple(sample.shape)}: {str(e).splitlines()[0][:200]}") from None
-    return sample[:1]
-
-
 def fan_out(snn: SNN, sample):
     """Per neuron (per position of one sample) the number of downstream accumulations one
-    spike triggers; key ``"input"`` gives the codec output's fan-out (first-layer MACs)."""
-    sample = _one_sample(snn, sample)
+    spike triggers; key ``"input"`` gives the codec output's fan-out (first-layer MACs).
+    ``sample``: a batch ``[n, ...]`` like the calibration images (its first image is used); a
+    ValueError naming the expected shape when it does not fit the network."""
+    given = jnp.asarray(sample, jnp.float32)
+    sample = given[:1]
     shapes = {}
 
     def record(index, kind, options, inputs):
@@ -103,7 +93,11 @@ def fan_out(snn: SNN, sample):
         shapes[site_name(index, kind)] = out
         return out
 
-    jax.eval_shape(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, record), snn.variables, sample)
+    try:
+        jax.eval_shape(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, record), snn.variables, sample)
+    except Exception as e:  # shape errors surface from Flax or lax with no hint
+        raise ValueError(f"sample must be a batch [n, ...] of network inputs like the calibration images (images "
+                         f"[batch, H, W, C]); got shape {tuple(given.shape)}: {str(e).splitlines()[0][:200]}") from None
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in shapes.items()}
 
     def downstream(site_outputs, x):
@@ -164,8 +158,24 @@ def spike_statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: i
     batch of ``num_images`` and ``num_steps`` steps, per position; graded events counted as
     the module docstring says). ``firing_rate`` is events per neuron and step.
     """
-    check_spike_counts(snn, spike_counts, num_images, num_steps)
+    return spike_statistics_per_timestep(snn, {k: np.asarray(v)[None] for k, v in spike_counts.items()},
+                                         num_images, (num_steps,), sample)[num_steps]
+
+
+def spike_statistics_per_timestep(snn: SNN, spike_counts: dict, num_images: int, timesteps, sample) -> dict:
+    """``{T: spike_statistics over the first T steps}`` from ``simulate(...,
+    return_spike_counts="per_timestep")`` counts (``{site: [len(timesteps), ...]}``), with the
+    fan-out and the ANN's cost computed once."""
+    timesteps = tuple(int(t) for t in timesteps)
+    per_t = [{k: np.asarray(v, np.float64)[i] for k, v in spike_counts.items()} for i in range(len(timesteps))]
+    for counts, t in zip(per_t, timesteps):
+        check_spike_counts(snn, counts, num_images, t)
     fan = fan_out(snn, sample)
+    macs = ann_macs(snn, sample)
+    return {t: _statistics(snn, counts, num_images, t, fan, macs) for counts, t in zip(per_t, timesteps)}
+
+
+def _statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: int, fan: dict, macs: float) -> dict:
     layers, total_sops = {}, 0.0
     for name, counts in spike_counts.items():
         counts = np.asarray(counts, np.float64)
@@ -176,7 +186,6 @@ def spike_statistics(snn: SNN, spike_counts: dict, num_images: int, num_steps: i
         total_sops += sops
     # The first layer multiplies real values every step (float codec, or the baseline's image).
     input_macs = float(np.sum(fan["input"]))
-    macs = ann_macs(snn, sample)
     snn_energy = total_sops * ENERGY_PER_AC_PJ + input_macs * ENERGY_PER_MAC_PJ
     return dict(
         bits_per_neuron_step=snn.dynamics.bits_per_step,

@@ -52,10 +52,10 @@ def check_snn(snn) -> SNN:
     raise TypeError(f"expected an SNN from signgd_jax.convert, got {type(snn).__name__}{hint}")
 
 
-def network_images(images, what: str = "images"):
+def network_images(images):
     """One float32 array ``[batch, ...]`` from an array or the batch forms :func:`signgd_jax.convert`
     takes (a list of arrays, ``(images, labels)`` pairs or dicts with an ``'image'`` entry)."""
-    if isinstance(images, (jax.Array, np.ndarray)) and not isinstance(images, dict):
+    if isinstance(images, (jax.Array, np.ndarray)):
         return jnp.asarray(images, jnp.float32)
     arrays = calibration_arrays(images)
     return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays)
@@ -256,7 +256,7 @@ def simulate(snn: SNN, images, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 6
     unchanged.
     """
     snn = check_snn(snn)
-    if not offset_correction and not snn.dynamics.corrects_offsets:
+    if not offset_correction and not snn.dynamics.encodes:
         raise ValueError(f"offset_correction=False applies to the signGD dynamics (input estimates "
                          f"x_t = x_{{t-1}} - eta_t (2 A(s_t) - A(1) - A(0))); the {snn.dynamics.name!r} dynamics "
                          "integrates A(s_t) and has no such correction")
