@@ -49,6 +49,30 @@ def test_qcfs_network_reaches_its_ann_at_t_equals_l_and_other_networks_are_refus
         sg.convert(_Relu(), _Relu().init(jax.random.key(0), x), x, dynamics="qcfs")
 
 
+def test_qcfs_network_converges_to_its_clip_network_as_t_grows():
+    """As T grows, each rate tends to ``clip(z, 0, 1)`` (the floor's steps get finer), so a
+    QCFS SNN converges to the network with its QCFS activations replaced by clipping, not to the
+    L-level ANN it was trained as: the error to that clip network falls like 1/T, while the
+    distance to the quantised ANN stays."""
+    model = QcfsNet(levels=2)
+    x = jax.random.normal(jax.random.key(0), (64, 5))
+    variables = model.init(jax.random.key(1), x)
+    apply = lambda v, inputs: model.apply(v, inputs)
+
+    def clipped(index, kind, options, inputs):
+        if kind == "qcfs":
+            return jnp.clip(inputs[0], 0, 1)
+        return sg.interpret.ann_site(index, kind, options, inputs)
+
+    clip_net = np.asarray(sg.interpret.evaluate(apply, variables, x, clipped))
+    ann = np.asarray(model.apply(variables, x))
+    out = np.asarray(sg.simulate(sg.convert(model, variables, x, dynamics="qcfs"), x, (64, 1024)))
+    to_clip = np.abs(out - clip_net[None]).max(axis=(1, 2))
+    assert to_clip[1] < to_clip[0] / 4, to_clip
+    assert to_clip[1] < 0.02 * np.abs(clip_net).max(), to_clip
+    assert np.abs(out[1] - ann).max() > 10 * to_clip[1]  # the limit is not the 2-level ANN
+
+
 class _Relu(fnn.Module):
     @fnn.compact
     def __call__(self, x):
