@@ -3,13 +3,14 @@ to the dynamics that have levels; both are checked before anything loads."""
 import pytest
 
 from signgd_jax.commands.evaluate import cli, core
+from signgd_jax.commands.evaluate.settings import ConvertSettings
 
 
 def _settings(**changes):
     base = dict(timesteps="1,2", dynamics="improved", batch_size=10, calibration_batch_count=1,
                 calibration_batch_size=None, limit=None, codec="float", dtype=None, dataset=None, eta0=0.15,
                 gamma=0.95, spike_levels=None)
-    return core._check_settings(**{**base, **changes})
+    return ConvertSettings.create("w", **{**base, **changes})
 
 
 def test_every_method_is_a_dynamics_name():
@@ -19,8 +20,8 @@ def test_every_method_is_a_dynamics_name():
 
 
 def test_spike_levels_are_checked_once():
-    assert _settings(spike_levels=3)["spike_levels"] == 3
-    assert _settings(dynamics="paper,ecmt", spike_levels=4)["spike_levels"] == 4
+    assert _settings(spike_levels=3).spike_levels == 3
+    assert _settings(dynamics="paper,ecmt", spike_levels=4).spike_levels == 4
     with pytest.raises(core.ConvertError, match="spike-levels must be a positive integer"):
         _settings(spike_levels=0)
     with pytest.raises(core.ConvertError, match="applies to the dynamics improved"):

@@ -140,25 +140,24 @@ def test_pretrained_outputs_match_the_ann_and_resume(weights, tmp_path, capsys, 
 def test_pretrained_defaults(tmp_path, monkeypatch):
     """Without --workdir the results go to ./convert_MODEL (made for the run, removed again if
     the run fails before writing anything); calibration defaults to the paper's 100 batches, of 32."""
-    import inspect
-
     from signgd_jax.commands.evaluate import cli, core
 
-    defaults = inspect.signature(core.evaluate_pretrained).parameters
-    assert defaults["calibration_batch_count"].default == 100
-    assert defaults["calibration_batch_size"].default == 32
     seen = {}
 
-    def fake(model_name, weights, workdir, **kw):
-        seen.update(kw, model=model_name, weights=weights, workdir=workdir, existed=os.path.isdir(workdir))
+    def fake(settings, **kw):
+        seen.update(settings=settings, existed=os.path.isdir(settings.workdir))
         raise core.ConvertError("stop here")
 
-    monkeypatch.setattr(core, "evaluate_pretrained", fake)
+    monkeypatch.setattr(core, "evaluate", fake)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--model", MODEL, "--weights", "w.safetensors"]) == 2
-    assert seen["workdir"] == f"convert_{MODEL}" and seen["existed"]
-    assert "calibration_batch_count" not in seen and "calibration_batch_size" not in seen
+    settings = seen["settings"]
+    assert settings.workdir == f"convert_{MODEL}" and seen["existed"]
+    assert (settings.model, settings.weights) == (MODEL, "w.safetensors")
+    assert settings.calibration_batch_count == 100 and settings.calibration_batch_size == 32
     assert not (tmp_path / f"convert_{MODEL}").exists()
+    assert cli.main(["--model", MODEL, "--weights", "w.safetensors", "--calibration-batches", "3"]) == 2
+    assert seen["settings"].calibration_batch_count == 3 and seen["settings"].calibration_batch_size == 32
 
 
 BAD = {

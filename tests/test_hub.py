@@ -540,21 +540,22 @@ def test_pretrained_argument_errors(argv, expected, capsys):
     assert expected in err and err.count("\n") == 1, err
 
 
-def test_pretrained_reaches_evaluate_pretrained(tmp_path, monkeypatch):
+def test_pretrained_reaches_the_evaluation(tmp_path, monkeypatch):
     """--pretrained REPO_ID: no --model, the workdir defaults to ./convert_<repository name>."""
     from signgd_jax.commands.evaluate import cli, core
 
     seen = {}
 
-    def fake(model_name, weights, workdir, **kw):
-        seen.update(kw, model=model_name, weights=weights, workdir=workdir, existed=os.path.isdir(workdir))
+    def fake(settings, **kw):
+        seen.update(settings=settings, existed=os.path.isdir(settings.workdir))
         raise core.ConvertError("stop here")
 
-    monkeypatch.setattr(core, "evaluate_pretrained", fake)
+    monkeypatch.setattr(core, "evaluate", fake)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--pretrained", "timm/resnet18.a1_in1k"]) == 2
-    assert seen["repo_id"] == "timm/resnet18.a1_in1k" and seen["model"] is None and seen["weights"] is None
-    assert seen["workdir"] == "convert_resnet18.a1_in1k" and seen["existed"]
+    settings = seen["settings"]
+    assert settings.repo_id == "timm/resnet18.a1_in1k" and settings.model is None and settings.weights is None
+    assert settings.pretrained and settings.workdir == "convert_resnet18.a1_in1k" and seen["existed"]
     assert not (tmp_path / "convert_resnet18.a1_in1k").exists()
 
 
@@ -584,16 +585,19 @@ def test_evaluate_pretrained_loads_the_repository_and_records_it(tmp_path, offli
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     seen = {}
 
-    def evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, **kw):
-        seen.update(model=model, identity=identity, extra=kw["extra"], variables=variables, test_ds=test_ds)
+    def evaluate_model(loaded, settings, **kw):
+        seen.update(model=loaded.model, identity=loaded.identity, extra=loaded.extra, variables=loaded.variables,
+                    test_ds=loaded.test_ds, settings=settings)
         return {}
 
     monkeypatch.setattr(core, "evaluate_model", evaluate_model)
+    settings = core.ConvertSettings.create(str(tmp_path / "work"), repo_id=repo_id, data_dir=str(tmp_path / "tfds"))
     with tfds.testing.mock_data(as_data_source_fn=_ImageNet()):
-        core.evaluate_pretrained(None, None, str(tmp_path / "work"), repo_id=repo_id, data_dir=str(tmp_path / "tfds"))
+        core.evaluate(settings)
     snapshot = tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / COMMIT
     expected = models.from_pretrained(repo_id)
     assert seen["identity"]["model"] == "resnet18" and seen["identity"]["source"] == "torchvision"
+    assert seen["settings"].dataset == "imagenet2012" and seen["settings"].calibration_batch_count == 100
     assert seen["identity"]["preprocessing"]["resize_size"] == 235
     pretrained = seen["extra"]["pretrained"]
     assert pretrained["hub"] == dict(repo_id=repo_id, revision=COMMIT, architecture="resnet18")

@@ -35,8 +35,10 @@ import sys
 from signgd_jax.commands.common import (OneLineParser, OutputNotWritable, check_writable, dataset_names,
                                         exit_with, fail, workdir_lock, writing)
 from signgd_jax.commands.evaluate import distributed
+from signgd_jax.commands.evaluate.errors import ConvertError
+from signgd_jax.commands.evaluate.settings import DEFAULT_DYNAMICS, DEFAULT_TIMESTEPS, ConvertSettings
 
-_DEFAULT_TS = "1,2,4,8,16,32,64,128"
+_DEFAULT_TS = ",".join(map(str, DEFAULT_TIMESTEPS))
 
 
 def _int(text: str) -> int:
@@ -69,7 +71,7 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
     a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default: {_DEFAULT_TS})")
-    a("--dynamics", default="paper,improved,if", help="comma-separated subset of paper, improved, if, qcfs "
+    a("--dynamics", default=",".join(DEFAULT_DYNAMICS), help="comma-separated subset of paper, improved, if, qcfs "
       "(QCFS-trained networks), ecmt (expectation compensation + multi-threshold neurons) (default: %(default)s)")
     a("--spike-levels", type=_int, default=None, metavar="K", help="levels a neuron sends per step and side: "
       "graded signGD in improved mode (K=1, the default, is the binary neuron; log2(2K) bits per step) and "
@@ -105,15 +107,15 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     return p
 
 
-def _targets(args, p) -> tuple[str, bool]:
-    """``(workdir, pretrained)`` from the arguments; a usage error when they do not fit."""
+def _targets(args, p) -> str:
+    """The workdir (with published weights by default ``./convert_NAME``); a usage error when the
+    options do not go together."""
     if args.pretrained is not None and (args.weights is not None or args.model is not None or args.source):
         p.error("--pretrained REPO_ID names the weights, the model and the layout: it goes without --weights, "
                 "--model and --source")
     if args.pretrained is None and (args.model is None) != (args.weights is None):
         p.error("--model and --weights go together (published weights of a zoo model)")
-    pretrained = args.weights is not None or args.pretrained is not None
-    if not pretrained:
+    if args.weights is None and args.pretrained is None:
         if args.workdir is None:
             p.error("the following arguments are required: --workdir (or --model with --weights, or --pretrained)")
         if args.source is not None:
@@ -122,70 +124,78 @@ def _targets(args, p) -> tuple[str, bool]:
         p.error("--diagnose goes with an ordinary evaluation, not with --sweep-eta0/--sweep-gamma")
     if args.schedule == "auto" and (args.sweep_eta0 is not None or args.sweep_gamma is not None):
         p.error("--schedule auto chooses the step sizes itself; a sweep goes with --schedule exponential")
-    return args.workdir or f"convert_{args.model or args.pretrained.rsplit('/', 1)[-1]}", pretrained
+    return args.workdir or f"convert_{(args.model or args.pretrained).rsplit('/', 1)[-1]}"
+
+
+@contextlib.contextmanager
+def _workdir_held(settings: ConvertSettings, processes: distributed.Processes):
+    """Process 0 holds the workdir's lock while the block runs, after checking it can write there;
+    for published weights it first makes the workdir when missing, and removes it again (when
+    still empty) after a bad-input or write error."""
+    workdir, created = settings.workdir, False
+    try:
+        if settings.pretrained and not os.path.isdir(workdir) and processes.is_writer:
+            with writing(f"the workdir {workdir}"):
+                os.makedirs(workdir)
+            created = True
+        with contextlib.ExitStack() as hold:
+            if os.path.isdir(workdir) and processes.is_writer:  # else loading names what is missing
+                hold.enter_context(workdir_lock(workdir, ConvertError))
+                check_writable(workdir)
+            yield
+    except (ConvertError, OutputNotWritable):
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)  # only when still empty
+        raise
+
+
+def _write(results: dict, workdir: str) -> list[str]:
+    """results.json and its plot (and the layer errors' plot), or a sweep's files; their paths."""
+    from signgd_jax.commands.evaluate.report import write_layer_errors, write_results, write_sweep
+
+    if "sweep" in results:
+        return write_sweep(results, workdir)
+    written = list(write_results(results, workdir))
+    if "layer_errors" in results:
+        written.append(write_layer_errors(results, workdir))
+    return written
+
+
+def _interrupted(args, workdir: str) -> int:
+    from signgd_jax.commands.evaluate.progress import PROGRESS_DIR
+
+    if args.sweep_eta0 is not None or args.sweep_gamma is not None:
+        print("interrupted; a sweep keeps no progress: rerun the command to start it again", file=sys.stderr)
+    else:
+        print(f"interrupted; progress kept in {os.path.join(workdir, PROGRESS_DIR)}: "
+              "rerun the same command to resume", file=sys.stderr)
+    return 130
 
 
 def main(argv=None, prog: str = "signgd-convert") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = parser(prog)
     args = p.parse_args(argv)
-    workdir, pretrained = _targets(args, p)
+    workdir = _targets(args, p)
     from signgd_jax.commands.evaluate import core
-    from signgd_jax.commands.evaluate.progress import PROGRESS_DIR
-    from signgd_jax.commands.evaluate.report import (accuracy_table, sweep_table, write_layer_errors, write_results,
-                                                     write_sweep)
+    from signgd_jax.commands.evaluate.report import accuracy_table, sweep_table
 
-    created = False
     try:
         processes = distributed.start(args)  # a multi-process run when flags or environment say so
         distributed.agree(distributed.command_settings(p, args), processes, "command options")
-        common = dict(
-            dataset=args.dataset, data_dir=args.data_dir, timesteps=args.timesteps, dynamics=args.dynamics,
-            batch_size=args.batch_size, calibration_batch_size=args.calibration_batch_size, limit=args.limit,
-            codec=args.codec, schedule=args.schedule, spread=args.spread, spike_levels=args.spike_levels,
-            eta0=args.eta0, gamma=args.gamma, dtype=args.dtype,
-            progress=args.progress and processes.is_writer, log=lambda m: print(m, flush=True),
-            sweep_eta0=core.parse_grid("sweep-eta0", args.sweep_eta0),
-            sweep_gamma=core.parse_grid("sweep-gamma", args.sweep_gamma), diagnose=args.diagnose)
-        if args.calibration_batches is not None:  # else each mode's default
-            common["calibration_batch_count"] = args.calibration_batches
-        if args.calibration_batch_size is None:
-            common.pop("calibration_batch_size")
-        with contextlib.ExitStack() as hold:
-            if pretrained and not os.path.isdir(workdir) and processes.is_writer:
-                with writing(f"the workdir {workdir}"):
-                    os.makedirs(workdir)
-                created = True
-            if os.path.isdir(workdir) and processes.is_writer:  # else evaluate_workdir names what is missing
-                hold.enter_context(workdir_lock(workdir, core.ConvertError))
-                check_writable(workdir)
-            if pretrained:
-                results = core.evaluate_pretrained(args.model, args.weights, workdir, source=args.source,
-                                                   repo_id=args.pretrained, **common)
-            else:
-                results = core.evaluate_workdir(workdir, **common)
+        settings = ConvertSettings.from_args(args, workdir, progress=args.progress and processes.is_writer)
+        with _workdir_held(settings, processes):
+            results = core.evaluate(settings, log=lambda m: print(m, flush=True))
             results["command"] = f"{prog} {shlex.join(argv)}"
             print((sweep_table if "sweep" in results else accuracy_table)(results), flush=True)
             if not processes.is_writer:  # process 0 writes the results
                 return 0
-            if "sweep" in results:
-                written = write_sweep(results, workdir)
-            else:
-                written = list(write_results(results, workdir))
-                if "layer_errors" in results:
-                    written.append(write_layer_errors(results, workdir))
-    except (core.ConvertError, OutputNotWritable) as e:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(workdir)  # only when still empty
+            written = _write(results, workdir)
+    except (ConvertError, OutputNotWritable) as e:
         return fail(e)
     except KeyboardInterrupt:
-        if args.sweep_eta0 is not None or args.sweep_gamma is not None:
-            print("interrupted; a sweep keeps no progress: rerun the command to start it again", file=sys.stderr)
-        else:
-            print(f"interrupted; progress kept in {os.path.join(workdir, PROGRESS_DIR)}: "
-                  "rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted(args, workdir)
     print(f"wrote {', '.join(written)}")
     return 0
 

@@ -1,8 +1,9 @@
-"""Load a training workdir, convert it with each dynamics, evaluate, and collect results.
+"""Load a training workdir or published weights, convert the model with each dynamics, evaluate,
+and collect the results.
 
-:func:`evaluate_workdir` does the work and returns the ``results.json`` dict; it raises
-:class:`ConvertError` (a one-line message) for every kind of bad input, before anything is
-written.
+:func:`evaluate` does the work for one :class:`~signgd_jax.commands.evaluate.settings.ConvertSettings`
+and returns the ``results.json`` dict; :func:`evaluate_workdir` builds the settings from keywords.
+Bad input raises :class:`ConvertError` (a one-line message) before anything is written.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dataclasses
 import os
 import platform
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,53 +19,19 @@ import numpy as np
 
 import signgd_jax
 from signgd_jax import data, metrics
-from signgd_jax.convert import NAMES, as_apply_fn, check_spread
-from signgd_jax.dynamics import CODECS, get as get_dynamics
-from signgd_jax.simulate import check_timesteps
+from signgd_jax.convert import as_apply_fn
+from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.commands.common import one_line, progress_bar
 from signgd_jax.commands.evaluate.errors import ConvertError, check_finite  # noqa: F401 (re-exported)
 from signgd_jax.commands.evaluate import distributed
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.progress import ProgressStore
+from signgd_jax.commands.evaluate.settings import (DEFAULT_DYNAMICS, DEFAULT_TIMESTEPS,  # noqa: F401 (re-exported)
+                                                   PRETRAINED_DATASET, ConvertSettings, parse_dynamics, parse_grid,
+                                                   parse_timesteps)
 
 RESULTS_FORMAT = 1
-DEFAULT_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128)
-DEFAULT_DYNAMICS = ("paper", "improved", "if")  # of NAMES: paper, improved, if, qcfs, ecmt
 CALIBRATION_SEED = 0
-
-
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def parse_timesteps(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1,2,4"`` (or a sequence) -> sorted unique positive integers; ConvertError otherwise."""
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    if isinstance(text, str) and not all(s.isdigit() for s in items):  # rejects "1.5", "a", "-1", ""
-        raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}")
-    try:
-        return check_timesteps([int(s) for s in items] if isinstance(text, str) else items)
-    except ValueError:
-        raise ConvertError(f"timesteps must be positive integers separated by commas, got {text!r}") from None
-
-
-def parse_dynamics(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"paper,if"`` -> ``("paper", "if")`` in the given order, duplicates dropped."""
-    names = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    unknown = [n for n in names if n not in NAMES]
-    if unknown or not names:
-        raise ConvertError(f"unknown dynamics {', '.join(map(repr, unknown)) or repr(text)}; "
-                           f"supported: {', '.join(NAMES)}")
-    return tuple(dict.fromkeys(names))
-
-
-def _positive(name: str, value, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConvertError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -107,6 +74,35 @@ def load_splits(name: str, data_dir: Optional[str]):
         return data.load(name, train_split, data_dir), data.load(name, test_split, data_dir)
     except data.DatasetNotPrepared as e:
         raise ConvertError(one_line(e)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """What one evaluation runs on: the flax ``model`` and its ``variables``, the training and test
+    splits, its ``identity`` (the model and its weights: with the settings, it decides whether saved
+    progress is reused) and ``extra`` (the target's own entries of ``results.json``)."""
+    model: Any
+    variables: Any
+    train_ds: Any
+    test_ds: Any
+    identity: dict
+    extra: dict
+
+
+def load_trained_target(settings: ConvertSettings) -> tuple[ConvertSettings, Loaded]:
+    """The training workdir's model on its dataset (or ``settings.dataset``), with the settings'
+    dataset and data dir resolved (the training run's, where it found the data)."""
+    model, variables, config = load_workdir(settings.workdir)
+    dataset = settings.dataset or config.get("dataset") or "mnist5k"
+    check_dataset(dataset, config)
+    data_dir = settings.data_dir
+    if data_dir is None and dataset == config.get("dataset"):
+        data_dir = config.get("data_dir")  # where training found it
+    train_ds, test_ds = load_splits(dataset, data_dir)
+    identity = dict(model=config["model"], checkpoint_step=config.get("checkpoint_step"))
+    extra = dict(checkpoint_step=config.get("checkpoint_step"), epochs_done=config.get("epochs_done"))
+    return (dataclasses.replace(settings, dataset=dataset, data_dir=data_dir),
+            Loaded(model, variables, train_ds, test_ds, identity, extra))
 
 
 def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIBRATION_SEED) -> list:
@@ -240,96 +236,6 @@ def evaluate_tuned(snn, choice, test_ds, batch_size: int, timesteps: tuple, dp: 
     return correct, counts, resumed
 
 
-def parse_grid(name: str, text: str | Sequence[float] | None) -> Optional[tuple[float, ...]]:
-    """A sweep axis: ``"start:stop:count"`` (``count`` evenly spaced values, both ends included),
-    ``"a,b,c"`` or a sequence of numbers; None stays None. ConvertError otherwise."""
-    if text is None:
-        return None
-    try:
-        if isinstance(text, str) and ":" in text:
-            start, stop, count = text.split(":")
-            if not count.strip().isdigit() or int(count) < 1:
-                raise ValueError
-            values = np.linspace(float(start), float(stop), int(count))
-        else:
-            values = [float(s) for s in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
-    except ValueError:
-        raise ConvertError(f"--{name} must be start:stop:count (count a positive integer) or numbers separated "
-                           f"by commas, got {text!r}") from None
-    if len(values) == 0 or not np.all(np.isfinite(values)):
-        raise ConvertError(f"--{name} needs finite values, got {text!r}")
-    return tuple(round(float(v), 12) for v in values)
-
-
-def _check_settings(*, timesteps, dynamics, batch_size, calibration_batch_count, calibration_batch_size, limit,
-                    codec, dtype, dataset, eta0, gamma, spike_levels=None) -> dict:
-    """The validated settings shared by trained workdirs and pretrained checkpoints."""
-    timesteps = parse_timesteps(timesteps)
-    dynamics = parse_dynamics(dynamics)
-    batch_size = _positive("batch-size", batch_size)
-    calibration_batch_count = _positive("calibration-batches", calibration_batch_count)
-    calibration_batch_size = _positive("calibration-batch-size", calibration_batch_size, allow_none=True)
-    limit = _positive("limit", limit, allow_none=True)
-    if dtype not in (None, "float32", "bfloat16"):
-        raise ConvertError(f"unknown dtype {dtype!r}; supported: float32, bfloat16")
-    if codec not in CODECS:
-        raise ConvertError(f"unknown codec {codec!r}; supported: {', '.join(CODECS)}")
-    if dataset is not None and dataset not in data.SUPPORTED:  # before the (slow) checkpoint load
-        raise ConvertError(f"unknown dataset {dataset!r}; supported: {', '.join(data.SUPPORTED)}")
-    if not (eta0 > 0 and 0 < gamma <= 1):
-        raise ConvertError(f"need eta0 > 0 and 0 < gamma <= 1, got eta0={eta0!r}, gamma={gamma!r}")
-    spike_levels = _positive("spike-levels", spike_levels, allow_none=True)
-    if spike_levels is not None and not any(get_dynamics(d).takes_levels for d in dynamics):
-        raise ConvertError(f"--spike-levels applies to the dynamics improved (graded signGD) and ecmt; "
-                           f"--dynamics is {','.join(dynamics)}")
-    return dict(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size, spike_levels=spike_levels,
-                calibration_batch_count=calibration_batch_count,
-                calibration_batch_size=calibration_batch_size or batch_size, limit=limit, codec=codec,
-                dtype=None if dtype == "float32" else dtype, eta0=eta0, gamma=gamma)
-
-
-def evaluate_workdir(workdir: str, *, dataset: Optional[str] = None, data_dir: Optional[str] = None,
-                     timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
-                     calibration_batch_count: int = 12, calibration_batch_size: Optional[int] = None,
-                     limit: Optional[int] = None, codec: str = "float",
-                     schedule: str = "exponential", spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95,
-                     spike_levels: Optional[int] = None,
-                     progress: bool = True, log: Callable[[str], None] = print,
-                     devices: Optional[Sequence] = None, dtype: Optional[str] = None,
-                     resume: bool = True, save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None,
-                     diagnose: bool = False) -> dict:
-    """Convert the workdir's model with each dynamics and evaluate it; returns the results dict.
-
-    Raises :class:`ConvertError` for bad input (unknown dataset or dynamics, bad time-steps,
-    missing / corrupt / mismatched checkpoint, dataset not prepared). With ``resume`` the
-    running tallies are kept in ``workdir`` (:mod:`~signgd_jax.commands.evaluate.progress`, every ``save_every_s``
-    seconds and on Ctrl-C), and an interrupted evaluation with the same settings continues.
-    ``sweep_eta0`` / ``sweep_gamma`` and ``diagnose``: see :func:`evaluate_model`.
-    """
-    t_start = time.perf_counter()
-    settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
-                               calibration_batch_count=calibration_batch_count,
-                               calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
-                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma,
-                               spike_levels=spike_levels)
-    model, variables, config = load_workdir(workdir)
-    dataset = dataset or config.get("dataset") or "mnist5k"
-    check_dataset(dataset, config)
-    if data_dir is None and dataset == config.get("dataset"):
-        data_dir = config.get("data_dir")  # where training found it
-    train_ds, test_ds = load_splits(dataset, data_dir)
-    identity = dict(model=config["model"], checkpoint_step=config.get("checkpoint_step"))
-    extra = dict(checkpoint_step=config.get("checkpoint_step"), epochs_done=config.get("epochs_done"))
-    return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
-                          schedule=schedule, spread=spread, progress=progress, log=log, devices=devices, resume=resume,
-                          save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
-                          diagnose=diagnose, extra=extra, t_start=t_start)
-
-
-PRETRAINED_CALIBRATION_BATCHES = 100  # the paper calibrates its ImageNet conversions on 100 random batches
-PRETRAINED_CALIBRATION_BATCH_SIZE = 32
-
-
 def load_pretrained(model_name: str, weights: str, source: Optional[str] = None):
     """``(model, variables, preprocessing, source)`` from a published checkpoint; ConvertError
     (one line) for an unknown model or source, a missing, unreadable or truncated file, and a
@@ -366,47 +272,24 @@ def load_hub(repo_id: str):
         raise ConvertError(one_line(e)) from None
 
 
-def evaluate_pretrained(model_name: Optional[str], weights: Optional[str], workdir: str, *,
-                        source: Optional[str] = None, repo_id: Optional[str] = None,
-                        dataset: Optional[str] = None, data_dir: Optional[str] = None,
-                        timesteps=DEFAULT_TIMESTEPS, dynamics=DEFAULT_DYNAMICS, batch_size: int = 250,
-                        calibration_batch_count: int = PRETRAINED_CALIBRATION_BATCHES,
-                        calibration_batch_size: Optional[int] = PRETRAINED_CALIBRATION_BATCH_SIZE,
-                        limit: Optional[int] = None, codec: str = "float", schedule: str = "exponential",
-                        spread: Optional[float] = None, eta0: float = 0.15, gamma: float = 0.95,
-                        spike_levels: Optional[int] = None, progress: bool = True,
-                        log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
-                        dtype: Optional[str] = None, resume: bool = True, save_every_s: float = 30.0,
-                        sweep_eta0=None, sweep_gamma=None, diagnose: bool = False) -> dict:
-    """:func:`evaluate_workdir` for published ImageNet weights: the zoo model ``model_name`` with
-    ``weights`` loaded by :func:`signgd_jax.models.from_checkpoint` (layout recognised from the
-    keys, or ``source``), evaluated on imagenet2012 with the checkpoint's own preprocessing.
-    Calibration: ``calibration_batch_count`` batches (default 100, as the paper) of
-    ``calibration_batch_size`` (default 32) images of a fixed-seed shuffle of the training split.
-    ``workdir`` holds the progress and the results (created if missing). ``repo_id`` instead of
-    ``model_name`` and ``weights``: a timm repository of the Hugging Face Hub (:func:`load_hub`;
-    the results record it and its commit)."""
-    t_start = time.perf_counter()
-    settings = _check_settings(timesteps=timesteps, dynamics=dynamics, batch_size=batch_size,
-                               calibration_batch_count=calibration_batch_count,
-                               calibration_batch_size=calibration_batch_size, limit=limit, codec=codec,
-                               dtype=dtype, dataset=dataset, eta0=eta0, gamma=gamma,
-                               spike_levels=spike_levels)
-    dataset = dataset or "imagenet2012"
-    if dataset != "imagenet2012":
-        raise ConvertError(f"pretrained ImageNet weights are evaluated on imagenet2012, not {dataset!r}")
+def load_pretrained_target(settings: ConvertSettings) -> tuple[ConvertSettings, Loaded]:
+    """Published ImageNet weights (``settings.weights`` of ``settings.model``, or the Hub repository
+    ``settings.repo_id``: the results record it and its commit) on imagenet2012 with the checkpoint's
+    own preprocessing."""
     hub = {}
-    if repo_id is not None:
-        loaded = load_hub(repo_id)
+    if settings.repo_id is not None:
+        loaded = load_hub(settings.repo_id)
         model_name, weights, model, variables, preprocessing, source = (
             loaded.name, loaded.weights, loaded.model, loaded.variables, loaded.preprocessing, loaded.source)
-        hub = dict(hub=dict(repo_id=repo_id, revision=loaded.revision, architecture=loaded.architecture))
+        hub = dict(hub=dict(repo_id=settings.repo_id, revision=loaded.revision, architecture=loaded.architecture))
     else:
-        model, variables, preprocessing, source = load_pretrained(model_name, weights, source)
+        model_name, weights = settings.model, settings.weights
+        model, variables, preprocessing, source = load_pretrained(model_name, weights, settings.source)
+    dataset = settings.dataset or PRETRAINED_DATASET
     _, _, train_split, test_split = data.dataset_info(dataset)
     try:
-        train_ds = data.load(dataset, train_split, data_dir, preprocessing=preprocessing)
-        test_ds = data.load(dataset, test_split, data_dir, preprocessing=preprocessing)
+        train_ds = data.load(dataset, train_split, settings.data_dir, preprocessing=preprocessing)
+        test_ds = data.load(dataset, test_split, settings.data_dir, preprocessing=preprocessing)
     except data.DatasetNotPrepared as e:
         raise ConvertError(one_line(e)) from None
     stat = os.stat(weights)
@@ -416,10 +299,34 @@ def evaluate_pretrained(model_name: Optional[str], weights: Optional[str], workd
                                                    mtime_ns=stat.st_mtime_ns),
                     source=source, preprocessing=pretrained["preprocessing"])
     extra = dict(checkpoint_step=None, epochs_done=None, pretrained=pretrained)
-    return evaluate_model(model, variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
-                          schedule=schedule, spread=spread, progress=progress, log=log, devices=devices, resume=resume,
-                          save_every_s=save_every_s, sweep_eta0=sweep_eta0, sweep_gamma=sweep_gamma,
-                          diagnose=diagnose, extra=extra, t_start=t_start)
+    return dataclasses.replace(settings, dataset=dataset), Loaded(model, variables, train_ds, test_ds, identity,
+                                                                   extra)
+
+
+def evaluate(settings: ConvertSettings, *, log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
+             resume: bool = True, save_every_s: float = 30.0) -> dict:
+    """Load the target of ``settings`` (a training workdir, or published weights), convert it with
+    each dynamics and evaluate it; returns the results dict.
+
+    Raises :class:`ConvertError` for bad input (missing / corrupt / mismatched checkpoint, a
+    dataset the model cannot take or that is not prepared). With ``resume`` the running tallies
+    are kept in ``settings.workdir`` (:mod:`~signgd_jax.commands.evaluate.progress`, every
+    ``save_every_s`` seconds and on Ctrl-C), and an interrupted evaluation with the same settings
+    continues. ``devices``: those the batches are split over (default: all).
+    """
+    t_start = time.perf_counter()
+    settings, loaded = (load_pretrained_target if settings.pretrained else load_trained_target)(settings)
+    return evaluate_model(loaded, settings, log=log, devices=devices, resume=resume, save_every_s=save_every_s,
+                          t_start=t_start)
+
+
+def evaluate_workdir(workdir: str, *, log: Callable[[str], None] = print, devices: Optional[Sequence] = None,
+                     resume: bool = True, save_every_s: float = 30.0, **options) -> dict:
+    """:func:`evaluate` of the training workdir ``workdir``; ``options`` are the other fields of
+    :class:`~signgd_jax.commands.evaluate.settings.ConvertSettings` (time-steps and dynamics also
+    as text, e.g. ``timesteps="1,4,16"``), checked by its ``create``."""
+    return evaluate(ConvertSettings.create(workdir, **options), log=log, devices=devices, resume=resume,
+                    save_every_s=save_every_s)
 
 
 DIAGNOSE_IMAGES = 64  # test images the layer errors are measured on
@@ -469,53 +376,44 @@ class _Setup:
     t_loaded: float
 
 
-def _check_options(settings: dict, schedule: str, spread: Optional[float], sweeping: bool, sweep_eta0,
-                   sweep_gamma) -> tuple[tuple, tuple]:
-    """ConvertError for a bad ``spread``, or an auto schedule or sweep over several processes;
-    returns the sweep grid ``(eta0s, gammas)`` (the single ``eta0`` / ``gamma`` for an axis not swept)."""
-    try:
-        check_spread(spread)
-    except ValueError:
-        raise ConvertError(f"--spread must be a positive number of standard deviations, got {spread!r}") from None
-    if schedule == "auto" and jax.process_count() > 1:
-        raise ConvertError("--schedule auto runs in one process (over its local devices); start it without "
-                           "multi-process options")
-    if sweeping and jax.process_count() > 1:
-        raise ConvertError("a sweep runs in one process (over its local devices); start it without "
-                           "multi-process options")
-    grid = (tuple(sweep_eta0 or (settings["eta0"],)), tuple(sweep_gamma or (settings["gamma"],)))
-    if sweeping and (min(grid[0]) <= 0 or not all(0 < g <= 1 for g in grid[1])):
-        raise ConvertError(f"sweep values need eta0 > 0 and 0 < gamma <= 1, got eta0 {list(grid[0])}, "
-                           f"gamma {list(grid[1])}")
-    return grid
+def _check_processes(settings: ConvertSettings) -> None:
+    """ConvertError for an auto schedule or a sweep over several processes."""
+    for asked, what in ((settings.schedule == "auto", "--schedule auto"), (settings.sweeping, "a sweep")):
+        if asked and jax.process_count() > 1:
+            raise ConvertError(f"{what} runs in one process (over its local devices); start it without "
+                               "multi-process options")
 
 
-def _prepare(variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
-             data_dir: Optional[str], schedule: str, spread: Optional[float], devices: Optional[Sequence],
-             resume: bool, save_every_s: float, log: Callable[[str], None]) -> _Setup:
+def _progress_identity(loaded: Loaded, settings: ConvertSettings, test_ds, eval_batch: int, calib: list) -> dict:
+    """Everything that decides the numbers: saved progress made with other values is discarded."""
+    s = settings
+    return dict(loaded.identity, dataset=test_ds.name, data_dir=s.data_dir, num_test_images=len(test_ds),
+                timesteps=s.timesteps, codec=s.codec, schedule=s.schedule, spread=s.spread,
+                spike_levels=s.spike_levels, eta0=s.eta0, gamma=s.gamma, dtype=s.simulate_dtype,
+                eval_batch_size=eval_batch, calibration_batch_size=s.calibration_batch_size,
+                calibration_batches=len(calib), calibration_seed=CALIBRATION_SEED)
+
+
+def _prepare(loaded: Loaded, settings: ConvertSettings, *, devices: Optional[Sequence], resume: bool,
+             save_every_s: float, log: Callable[[str], None]) -> _Setup:
     """The :class:`_Setup`: limits the test view (ConvertError when empty), draws the calibration
     batches, checks every process has the same inputs, logs what is evaluated and opens the
     progress store (with ``resume``)."""
-    s = settings
-    test_ds = test_ds.take(s["limit"])
+    test_ds = loaded.test_ds.take(settings.limit)
     if len(test_ds) == 0:
         raise ConvertError(f"the test split of {test_ds.name!r} is empty")
     dp = DataParallel(devices)
-    eval_batch = dp.round_up(min(s["batch_size"], len(test_ds)))
-    calib = calibration_batches(train_ds, s["calibration_batch_size"], s["calibration_batch_count"])
-    distributed.agree_on_inputs(dp.processes, identity, variables, test_ds, calib)  # else exit 2 everywhere
+    eval_batch = dp.round_up(min(settings.batch_size, len(test_ds)))
+    calib = calibration_batches(loaded.train_ds, settings.calibration_batch_size, settings.calibration_batch_count)
+    distributed.agree_on_inputs(dp.processes, loaded.identity, loaded.variables, test_ds, calib)  # else exit 2
     t_loaded = time.perf_counter()
-    log(f"{identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} batches, "
-        f"{sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
+    log(f"{loaded.identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} "
+        f"batches, {sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
         f"({jax.default_backend()})")
     store = None
     if resume:
-        store = ProgressStore(workdir, dict(
-            identity, dataset=test_ds.name, data_dir=data_dir, num_test_images=len(test_ds),
-            timesteps=s["timesteps"], codec=s["codec"], schedule=schedule, spread=spread,
-            spike_levels=s.get("spike_levels"), eta0=s["eta0"], gamma=s["gamma"], dtype=s["dtype"],
-            eval_batch_size=eval_batch, calibration_batch_size=s["calibration_batch_size"],
-            calibration_batches=len(calib), calibration_seed=CALIBRATION_SEED), save_every_s, log)
+        store = ProgressStore(settings.workdir, _progress_identity(loaded, settings, test_ds, eval_batch, calib),
+                              save_every_s, log)
     return _Setup(test_ds, calib, dp, eval_batch, store, t_loaded)
 
 
@@ -524,32 +422,35 @@ def _refusal(error) -> str:
     return one_line(str(error).splitlines()[0]) if str(error) else one_line(error)
 
 
-def _convert(model, variables, name: str, calib: list, settings: dict, schedule: str, spread: Optional[float]):
+def _convert(loaded: Loaded, name: str, calib: list, settings: ConvertSettings):
     """The SNN of dynamics ``name`` (an 'auto' schedule starts exponential); raises
     :class:`signgd_jax.UnsupportedOperation`."""
     chosen = get_dynamics(name)
-    return signgd_jax.convert(model, variables, calib, dynamics=name, codec=settings["codec"],
-                              schedule="exponential" if schedule == "auto" else schedule,
-                              eta0=settings["eta0"], gamma=settings["gamma"],
-                              spread=spread if chosen.takes_spread else None,
-                              spike_levels=settings.get("spike_levels") if chosen.takes_levels else None)
+    return signgd_jax.convert(loaded.model, loaded.variables, calib, dynamics=name, codec=settings.codec,
+                              schedule="exponential" if settings.schedule == "auto" else settings.schedule,
+                              eta0=settings.eta0, gamma=settings.gamma,
+                              spread=settings.spread if chosen.takes_spread else None,
+                              spike_levels=settings.spike_levels if chosen.takes_levels else None)
 
 
-def _sweep_dynamics(model, variables, name: str, setup: _Setup, settings: dict, grid: tuple, *, schedule: str,
-                    spread: Optional[float]) -> dict:
+def _sweep_dynamics(loaded: Loaded, name: str, setup: _Setup, settings: ConvertSettings) -> dict:
     """The ``results["sweep"]["dynamics"]`` entry of one dynamics: converted, then swept over
-    ``grid`` (:func:`run_sweep`); not supported when it does not convert or has nothing to sweep."""
+    the settings' grid (:func:`run_sweep`); not supported when it does not convert or has nothing
+    to sweep."""
     t0 = time.perf_counter()
+    def unsupported(error):  # the reason is printed once, by sweep_table
+        return dict(supported=False, reason=_refusal(error), accuracy=None, best=None)
+
     try:
-        snn = _convert(model, variables, name, setup.calib, settings, schedule, spread)
+        snn = _convert(loaded, name, setup.calib, settings)
     except signgd_jax.UnsupportedOperation as e:
-        return dict(supported=False, reason=_refusal(e), accuracy=None, best=None)  # printed once, by sweep_table
+        return unsupported(e)
     t1 = time.perf_counter()
     try:
-        entry = run_sweep(snn, setup.test_ds, setup.eval_batch, settings["timesteps"], grid[0], grid[1], setup.dp,
-                          settings["dtype"])
+        entry = run_sweep(snn, setup.test_ds, setup.eval_batch, settings.timesteps, *settings.grid, setup.dp,
+                          settings.simulate_dtype)
     except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
-        return dict(supported=False, reason=_refusal(e), accuracy=None, best=None)  # printed once, by sweep_table
+        return unsupported(e)
     entry["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
     return entry
 
@@ -562,28 +463,35 @@ def _layer_errors(snn, test_ds, timesteps: tuple) -> dict:
     return dict(images=len(images), **layer_error_numbers(diagnostics.layer_errors(snn, images, timesteps)))
 
 
-def _evaluate_dynamics(model, variables, name: str, setup: _Setup, settings: dict, *, schedule: str,
-                       spread: Optional[float], progress: bool, diagnose: bool,
+def _tuned_schedule(snn, name: str, calib: list, settings: ConvertSettings, log: Callable[[str], None]):
+    """With ``schedule`` 'auto', the :class:`signgd_jax.tune.ScheduleChoice` of dynamics ``name``
+    (logged); else None."""
+    if settings.schedule != "auto" or not get_dynamics(name).uses_schedule:
+        return None
+    choice = signgd_jax.tune_schedule(snn, calib, settings.timesteps)
+    log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
+        f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
+    return choice
+
+
+def _evaluate_dynamics(loaded: Loaded, name: str, setup: _Setup, settings: ConvertSettings,
                        log: Callable[[str], None]) -> tuple[dict, Optional[dict]]:
     """``(results["dynamics"] entry, results["layer_errors"] entry)`` of one dynamics: converted,
     its schedule tuned per T (``schedule`` 'auto'), simulated over the test images, its spike
     statistics, and with ``diagnose`` its layer errors (else None; None too when not supported)."""
-    timesteps, test_ds, calib, n = settings["timesteps"], setup.test_ds, setup.calib, len(setup.test_ds)
+    timesteps, test_ds, calib, n = settings.timesteps, setup.test_ds, setup.calib, len(setup.test_ds)
     t0 = time.perf_counter()
     try:
-        snn = _convert(model, variables, name, calib, settings, schedule, spread)
+        snn = _convert(loaded, name, calib, settings)
     except signgd_jax.UnsupportedOperation as e:  # the reason is printed once, under report.accuracy_table
         return dict(supported=False, reason=_refusal(e), accuracy=None, correct=None, spike_statistics=None,
                     timings=None), None
     t1 = time.perf_counter()
-    choice = None
-    if schedule == "auto" and get_dynamics(name).uses_schedule:
-        choice = signgd_jax.tune_schedule(snn, calib, timesteps)
-        log(f"{name}: schedule per T (on {choice.images} calibration images): " + ", ".join(
-            f"T={t}: eta0 {e:g}, gamma {g:.4f}" for t, e, g in zip(choice.timesteps, choice.eta0, choice.gamma)))
+    choice = _tuned_schedule(snn, name, calib, settings, log)
     t_tuned = time.perf_counter()
-    correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, setup.eval_batch, timesteps, setup.dp, progress,
-                                              name, dtype=settings["dtype"], store=setup.store)
+    correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, setup.eval_batch, timesteps, setup.dp,
+                                              settings.progress, name, dtype=settings.simulate_dtype,
+                                              store=setup.store)
     t2 = time.perf_counter()
     stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
     t3 = time.perf_counter()
@@ -598,29 +506,27 @@ def _evaluate_dynamics(model, variables, name: str, setup: _Setup, settings: dic
                      images_per_s=round((n - min(resumed * setup.eval_batch, n)) / max(t2 - t_tuned, 1e-9), 2)))
     if choice is not None:
         entry["schedule_per_t"] = choice.as_dict()
-    return entry, (_layer_errors(snn, test_ds, timesteps) if diagnose else None)
+    return entry, (_layer_errors(snn, test_ds, timesteps) if settings.diagnose else None)
 
 
-def _assemble_results(identity: dict, workdir: str, settings: dict, setup: _Setup, ann_correct: int, *,
-                      data_dir: Optional[str], schedule: str, spread: Optional[float], extra: Optional[dict],
+def _assemble_results(loaded: Loaded, settings: ConvertSettings, setup: _Setup, ann_correct: int, *,
                       evaluated: dict, timings: dict) -> dict:
     """The results dict: what was evaluated with which settings and calibration, the ANN's accuracy,
     then ``evaluated`` (``dynamics`` or ``sweep``, and ``layer_errors``), ``timings`` and the machine."""
     s, n, calib = settings, len(setup.test_ds), setup.calib
     results = dict(
         format=RESULTS_FORMAT,
-        workdir=os.path.abspath(workdir),
-        model=identity["model"],
+        workdir=os.path.abspath(s.workdir),
+        model=loaded.identity["model"],
         dataset=setup.test_ds.name,
-        **(extra or {}),
+        **loaded.extra,
         num_test_images=n,
-        timesteps=list(s["timesteps"]),
-        settings=dict(dynamics=list(s["dynamics"]), codec=s["codec"], schedule=schedule, spread=spread,
-                      spike_levels=s.get("spike_levels"), eta0=s["eta0"], gamma=s["gamma"],
-                      dtype=s["dtype"] or "float32",
-                      batch_size=s["batch_size"], eval_batch_size=setup.eval_batch, limit=s["limit"],
-                      data_dir=data_dir),
-        calibration=dict(split="train", batches=len(calib), batch_size=s["calibration_batch_size"],
+        timesteps=list(s.timesteps),
+        settings=dict(dynamics=list(s.dynamics), codec=s.codec, schedule=s.schedule, spread=s.spread,
+                      spike_levels=s.spike_levels, eta0=s.eta0, gamma=s.gamma, dtype=s.dtype,
+                      batch_size=s.batch_size, eval_batch_size=setup.eval_batch, limit=s.limit,
+                      data_dir=s.data_dir),
+        calibration=dict(split="train", batches=len(calib), batch_size=s.calibration_batch_size,
                          images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
         ann=dict(accuracy=ann_correct / n, correct=ann_correct),
     )
@@ -629,44 +535,44 @@ def _assemble_results(identity: dict, workdir: str, settings: dict, setup: _Setu
     return results
 
 
-def evaluate_model(model, variables, identity: dict, train_ds, test_ds, workdir: str, settings: dict, *,
-                   data_dir: Optional[str], schedule: str = "exponential", spread: Optional[float] = None,
-                   progress: bool = True,
-                   log: Callable[[str], None] = print, devices: Optional[Sequence] = None, resume: bool = True,
-                   save_every_s: float = 30.0, sweep_eta0=None, sweep_gamma=None, diagnose: bool = False,
-                   extra: Optional[dict] = None, t_start: Optional[float] = None) -> dict:
-    """Calibrate on ``train_ds``, convert with each dynamics, evaluate on ``test_ds``: the results dict.
+def _evaluate_every_dynamics(loaded: Loaded, setup: _Setup, settings: ConvertSettings,
+                             log: Callable[[str], None]) -> dict:
+    """``results["sweep"]`` when sweeping, else ``results["dynamics"]`` (and with ``diagnose``
+    ``results["layer_errors"]``): one entry per dynamics."""
+    if settings.sweeping:
+        swept = {name: _sweep_dynamics(loaded, name, setup, settings) for name in settings.dynamics}
+        eta0s, gammas = settings.grid
+        return dict(sweep=dict(eta0=list(eta0s), gamma=list(gammas), dynamics=swept))
+    per_dynamics, layer_errors = {}, {}
+    for name in settings.dynamics:
+        per_dynamics[name], errors = _evaluate_dynamics(loaded, name, setup, settings, log)
+        if errors is not None:
+            layer_errors[name] = errors
+    return dict(dynamics=per_dynamics, **(dict(layer_errors=layer_errors) if settings.diagnose else {}))
 
-    ``identity`` (the model and its weights) and the settings decide whether saved progress in
-    ``workdir`` is reused. With ``sweep_eta0`` or ``sweep_gamma`` (values; the other axis is the
-    single ``eta0`` / ``gamma``) each dynamics with a schedule is evaluated over that grid
-    instead (:func:`run_sweep`; ``results["sweep"]``, nothing resumed) and the 'if' dynamics is
-    n/a. With ``diagnose`` each dynamics' layer errors (:func:`signgd_jax.diagnose.layer_errors`
-    on the first :data:`DIAGNOSE_IMAGES` test images) go into ``results["layer_errors"]``.
+
+def evaluate_model(loaded: Loaded, settings: ConvertSettings, *, log: Callable[[str], None] = print,
+                   devices: Optional[Sequence] = None, resume: bool = True, save_every_s: float = 30.0,
+                   t_start: Optional[float] = None) -> dict:
+    """Calibrate on ``loaded.train_ds``, convert with each dynamics, evaluate on ``loaded.test_ds``:
+    the results dict.
+
+    ``loaded.identity`` (the model and its weights) and the settings decide whether saved progress
+    in ``settings.workdir`` is reused. A sweep (``settings.sweep_eta0`` or ``sweep_gamma``)
+    evaluates each dynamics with a schedule over that grid instead (:func:`run_sweep`;
+    ``results["sweep"]``, nothing resumed) and the 'if' dynamics is n/a. With ``settings.diagnose``
+    each dynamics' layer errors (:func:`signgd_jax.diagnose.layer_errors` on the first
+    :data:`DIAGNOSE_IMAGES` test images) go into ``results["layer_errors"]``.
     """
     t_start = time.perf_counter() if t_start is None else t_start
-    sweeping = sweep_eta0 is not None or sweep_gamma is not None
-    grid = _check_options(settings, schedule, spread, sweeping, sweep_eta0, sweep_gamma)
-    setup = _prepare(variables, identity, train_ds, test_ds, workdir, settings, data_dir=data_dir,
-                     schedule=schedule, spread=spread, devices=devices, resume=resume and not sweeping,
+    _check_processes(settings)
+    setup = _prepare(loaded, settings, devices=devices, resume=resume and not settings.sweeping,
                      save_every_s=save_every_s, log=log)
-    ann_correct = evaluate_ann(model, variables, setup.test_ds, setup.eval_batch, setup.dp, progress, setup.store)
+    ann_correct = evaluate_ann(loaded.model, loaded.variables, setup.test_ds, setup.eval_batch, setup.dp,
+                               settings.progress, setup.store)
     t_ann = time.perf_counter()
-    if sweeping:
-        swept = {name: _sweep_dynamics(model, variables, name, setup, settings, grid, schedule=schedule,
-                                       spread=spread) for name in settings["dynamics"]}
-        evaluated = dict(sweep=dict(eta0=list(grid[0]), gamma=list(grid[1]), dynamics=swept))
-    else:
-        per_dynamics, layer_errors = {}, {}
-        for name in settings["dynamics"]:
-            per_dynamics[name], errors = _evaluate_dynamics(model, variables, name, setup, settings,
-                                                            schedule=schedule, spread=spread, progress=progress,
-                                                            diagnose=diagnose, log=log)
-            if errors is not None:
-                layer_errors[name] = errors
-        evaluated = dict(dynamics=per_dynamics, **(dict(layer_errors=layer_errors) if diagnose else {}))
+    evaluated = _evaluate_every_dynamics(loaded, setup, settings, log)
     t_end = time.perf_counter()
     timings = dict(load_s=round(setup.t_loaded - t_start, 3), ann_s=round(t_ann - setup.t_loaded, 3),
                    snn_s=round(t_end - t_ann, 3), total_s=round(t_end - t_start, 3))
-    return _assemble_results(identity, workdir, settings, setup, ann_correct, data_dir=data_dir, schedule=schedule,
-                             spread=spread, extra=extra, evaluated=evaluated, timings=timings)
+    return _assemble_results(loaded, settings, setup, ann_correct, evaluated=evaluated, timings=timings)
