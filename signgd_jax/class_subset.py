@@ -41,7 +41,8 @@ def predict(logits, classes: Optional[Sequence[int]] = None):
     """Predicted labels ``[...]`` from logits ``[..., outputs]``: the argmax over all outputs
     (``classes`` None), else the position in ``classes`` of the largest of the logits
     ``logits[..., classes]`` (labels ``0 .. len(classes) - 1``). Traceable under ``jit``
-    with ``classes`` a tuple."""
+    with ``classes`` a tuple. ValueError (one line) for classes the logits do not have."""
     if classes is None:
         return jnp.argmax(logits, -1)
+    classes = check_classes(classes, logits.shape[-1])
     return jnp.argmax(jnp.take(logits, jnp.asarray(classes, jnp.int32), axis=-1), -1)

@@ -80,6 +80,7 @@ __all__ = [
     "MissingExtra",
     "Dataset",
     "dataset_info",
+    "tfds_name",
     "calibration_split",
     "class_indices",
     "output_classes",
@@ -173,6 +174,11 @@ def dataset_info(name: str) -> tuple[tuple[int, int, int], int, Optional[str], s
     return s.image_shape, s.num_classes, s.train_split, s.test_split
 
 
+def tfds_name(name: str) -> str:
+    """The TFDS builder (and config) of a dataset: ``imagenette/320px-v2`` for imagenette."""
+    return _spec(name).tfds_name or name
+
+
 def calibration_split(name: str) -> tuple[str, str]:
     """``(dataset, split)`` whose images calibrate a network evaluated on ``name``: its own
     training split, or for a test set without one (imagenet_v2) the training split of the
@@ -188,7 +194,7 @@ def _label_names(name: str) -> tuple[str, ...]:
     """The TFDS label names of a dataset (WordNet ids for the ImageNet family), from the
     builder's own code: an empty data directory, nothing read or downloaded."""
     with tempfile.TemporaryDirectory() as empty:
-        builder = _tfds().builder(_spec(name).tfds_name or name, data_dir=empty)
+        builder = _tfds().builder(tfds_name(name), data_dir=empty)
         return tuple(builder.info.features["label"].names)
 
 
@@ -274,7 +280,7 @@ def _not_prepared(name: str, data_dir: Optional[str], detail: str = "") -> Datas
     dd = data_dir or "DIR"
     extra = " (imagenet2012 also needs --manual_dir with the ILSVRC2012 tars)" \
         if name == "imagenet2012" else f" (`signgd-convert --dataset {name} --prepare` runs it)"
-    build = _spec(name).tfds_name or name
+    build = tfds_name(name)
     msg = (f"dataset {name!r} is not prepared as array_record in {where}"
            f"{': ' + detail if detail else ''}; run `tfds build {build} --data_dir {dd} "
            f"--file_format array_record`{extra} on a machine with TensorFlow, or copy the "
@@ -305,7 +311,7 @@ def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=No
     if name == "mnist5k":
         builder = _prepare_mnist5k(data_dir)
     else:
-        builder = tfds.builder(spec.tfds_name or name, data_dir=data_dir)
+        builder = tfds.builder(tfds_name(name), data_dir=data_dir)
     try:
         source = builder.as_data_source(split=split)
     except (NotImplementedError, FileNotFoundError, AssertionError) as e:

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
 
 from signgd_jax import interpret, metrics
+from signgd_jax.class_subset import check_classes, predict
 from signgd_jax.plots import accuracy_against_timesteps
 from signgd_jax.simulate import check_snn, check_timesteps, simulate
 from signgd_jax.sweep import labelled_batches
@@ -47,22 +48,26 @@ class Report:
 
 
 def evaluate(snn: SNN, batches, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128), labels=None, *,
-             key=None, dtype=None) -> Report:
+             key=None, dtype=None, classes: Optional[Sequence[int]] = None) -> Report:
     """Evaluates ``snn`` (and its ANN) on every batch; returns a :class:`Report`.
 
     ``batches``: the forms :func:`signgd_jax.sweep` takes (an ``(images, labels)`` pair, a list or
     iterator of them, dicts with ``'image'`` and ``'label'``, or arrays with ``labels`` given).
     Spike counts are summed per T over the first T steps of the same run (one simulation per
-    batch).
+    batch). ``classes``: the outputs the labels ``0 .. len(classes) - 1`` stand for (e.g.
+    Imagenette's 10 ImageNet indices, :func:`signgd_jax.data.output_classes`); the SNN and the
+    ANN are then both scored by the argmax over those outputs only
+    (:func:`signgd_jax.class_subset.predict`). None: every output, labels are output indices.
     """
     snn = check_snn(snn)
     timesteps = check_timesteps(timesteps)
+    classes = check_classes(classes)
     ann = jax.jit(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, interpret.ann_site))
     correct, ann_correct, totals, n, sample = np.zeros(len(timesteps)), 0, None, 0, None
     for images, batch_labels in labelled_batches(batches, labels):
         logits, counts = simulate(snn, images, timesteps, key=key, dtype=dtype, return_spike_counts="per_timestep")
-        correct += np.asarray(metrics.accuracy_per_step(logits, batch_labels)) * len(images)
-        ann_correct += int(np.sum(np.asarray(ann(snn.variables, images)).argmax(-1) == batch_labels))
+        correct += np.sum(np.asarray(predict(logits, classes)) == batch_labels[None], axis=-1)
+        ann_correct += int(np.sum(np.asarray(predict(ann(snn.variables, images), classes)) == batch_labels))
         counts = {k: np.asarray(v, np.float64) for k, v in counts.items()}
         totals = counts if totals is None else {k: totals[k] + counts[k] for k in counts}
         n += len(images)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from signgd_jax.class_subset import check_classes, predict
 from signgd_jax.simulate import CPU_COMPILER_OPTIONS, check_timesteps, initial_state, simulate
 from signgd_jax.convert import _IMAGE_KEYS
 from signgd_jax.cpu_forms import platform_of
@@ -200,7 +201,8 @@ def grid_chunk_size(snn: SNN, images, grid_points: int, memory_bytes: Optional[i
 
 
 # ----------------------------------------------------------------------------- the compiled grid
-def _grid_impl(snn: SNN, images, labels, key, eta0s, gammas, timesteps: tuple, dtype, with_logits: bool):
+def _grid_impl(snn: SNN, images, labels, key, eta0s, gammas, timesteps: tuple, dtype, with_logits: bool,
+               classes: Optional[tuple] = None):
     def one_point(eta0, gamma):
         return simulate(snn.with_schedule(eta0=eta0, gamma=gamma), images, timesteps, key=key,
                                    dtype=dtype)
@@ -209,11 +211,11 @@ def _grid_impl(snn: SNN, images, labels, key, eta0s, gammas, timesteps: tuple, d
         logits = one_point(eta0s[0], gammas[0])[None]
     else:
         logits = jax.vmap(one_point)(eta0s, gammas)  # [points, len(timesteps), batch, classes]
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels, axis=-1)  # padded images have label -1
+    correct = jnp.sum(predict(logits, classes) == labels, axis=-1)  # padded images have label -1
     return correct, (logits if with_logits else None)
 
 
-_STATIC = ("timesteps", "dtype", "with_logits")
+_STATIC = ("timesteps", "dtype", "with_logits", "classes")
 _grid = jax.jit(_grid_impl, static_argnames=_STATIC)
 # On CPU the same compiler options as ``simulate`` (they can be set on this outer jit only).
 _grid_cpu = jax.jit(_grid_impl, static_argnames=_STATIC, compiler_options=CPU_COMPILER_OPTIONS)
@@ -264,7 +266,8 @@ class SweepGrid(np.ndarray):
 def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = None,
           gamma: Optional[Sequence[float]] = None, timesteps: Sequence[int] = (8, 16, 32, 64),
           key=None, dtype=None, chunk_size: Optional[int] = None, memory_bytes: Optional[int] = None,
-          devices: Optional[Sequence[jax.Device]] = None, return_logits: bool = False):
+          devices: Optional[Sequence[jax.Device]] = None, return_logits: bool = False,
+          classes: Optional[Sequence[int]] = None):
     """Test accuracy of ``snn`` for every ``(eta0, gamma)`` of a grid, at each time-step.
 
     Returns a :class:`SweepGrid`, an array ``[len(eta0), len(gamma), len(timesteps)]`` of
@@ -285,8 +288,12 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
         (``memory_bytes`` overrides the free memory it reads).
       devices: where each batch is split (default all local devices); a batch is padded with
         zero images up to a multiple of their count, which are not counted.
+      classes: the outputs the labels ``0 .. len(classes) - 1`` stand for (e.g. Imagenette's
+        10 ImageNet indices): a prediction is the argmax over those outputs only
+        (:func:`signgd_jax.class_subset.predict`); None: every output.
     """
     eta0s, gammas = check_grid(snn, eta0, gamma)
+    classes = check_classes(classes)
     timesteps = check_timesteps(timesteps)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
@@ -323,7 +330,7 @@ def sweep(snn: SNN, batches, labels=None, *, eta0: Optional[Sequence[float]] = N
             index = np.minimum(np.arange(start, start + chunk), points - 1)
             e, g = (jax.device_put(np.asarray(a[index], np.float32), replicated) for a in (grid_e, grid_g))
             c, logits = _run_grid(snn_on_devices, x, y, key, e, g, timesteps=timesteps, dtype=dtype,
-                                  with_logits=return_logits)
+                                  with_logits=return_logits, classes=classes)
             kept = min(chunk, points - start)
             correct[start:start + kept] += np.asarray(c)[:kept]
             if return_logits:
