@@ -17,7 +17,7 @@ Parameter names (relative to the block):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -111,6 +111,28 @@ def scaled_layer_norm(epsilon: float, scales: tuple[float, float], name: str):
     return snn.LayerNorm(epsilon, input_scale=scales[0], normalized_scale=scales[1], name=name)
 
 
+class PatchTokenModel(nn.Module):
+    """The fields the models on patch tokens share (MLP-Mixer, ViT): ``patch_size``, the token
+    width ``hidden_dim``, ``num_classes``, the GELU form (:func:`signgd_jax.nn.gelu`'s
+    ``approximate``) and the LayerNorms' epsilon (1e-6, as the original code, timm and torchvision);
+    their stem is :func:`patch_tokens`."""
+
+    patch_size: int = 16
+    hidden_dim: int = 768
+    num_classes: int = 1000
+    gelu_approximate: bool | str = True
+    ln_epsilon: float = 1e-6
+
+    uses_batch_norm: ClassVar[bool] = False
+
+
+def patch_tokens(x, features: int, patch: int, use_bias: bool = True, name: str = "stem"):
+    """NHWC images -> tokens ``[B, (H/p) * (W/p), features]``: a ``patch x patch`` convolution of
+    stride ``patch`` (a submodule called ``name``; call it from a compact method), flattened."""
+    x = nn.Conv(features, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=use_bias, name=name)(x)
+    return x.reshape(*x.shape[:-3], x.shape[-3] * x.shape[-2], x.shape[-1])
+
+
 class LayerScale(nn.Module):
     """Per-channel learnable gain ``x * scale`` (CaiT / ConvNeXt layer scale)."""
 
@@ -167,32 +189,50 @@ class ConvBN(nn.Module):
 ACTIVATIONS = ("relu", "qcfs")
 
 
-def check_activation(activation: str) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
+class Activation(NamedTuple):
+    """The ReLU models' nonlinearity and pooling: ``kind`` 'relu' (relu and max_pool sites, no
+    parameters), or 'qcfs': every ReLU a :class:`signgd_jax.nn.QCFS` of ``qcfs_levels`` steps with
+    its own trainable threshold starting at ``qcfs_threshold``, and every max-pool an average pool
+    (as the QCFS code replaces every ``MaxPool2d`` by an ``AvgPool2d`` of the same kernel, stride
+    and padding)."""
+
+    kind: str = "relu"
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
+
+    def __call__(self, x, name: str):
+        """The nonlinearity of ``x``; with 'qcfs' a submodule called ``name``, so call it from a
+        compact method."""
+        if self.kind == "qcfs":
+            return snn.QCFS(self.qcfs_levels, self.qcfs_threshold, name=name)(x)
+        return snn.relu(x)
+
+    def pool(self, x, window_shape, strides, padding: Padding):
+        """Max-pooling of NHWC ``x`` (a max_pool site); with 'qcfs' average pooling (affine, zero
+        padding counted in the mean as PyTorch's ``AvgPool2d``)."""
+        if self.kind == "qcfs":
+            pads = padding if isinstance(padding, str) else tuple(_pair(p) for p in padding)
+            return nn.avg_pool(x, tuple(window_shape), tuple(strides), pads, count_include_pad=True)
+        return snn.max_pool(x, window_shape, strides, padding=padding)
 
 
-def activation_fn(x, activation: str, qcfs_levels: int, qcfs_threshold: float, name: str):
-    """The ReLU models' nonlinearity: ``'relu'`` (a relu site, no parameters) or ``'qcfs'``
-    (:class:`signgd_jax.nn.QCFS` with ``qcfs_levels`` steps and its own trainable threshold,
-    a submodule called ``name`` that starts at ``qcfs_threshold``). Call it from a compact
-    method."""
-    check_activation(activation)
-    if activation == "qcfs":
-        return snn.QCFS(qcfs_levels, qcfs_threshold, name=name)(x)
-    return snn.relu(x)
+class ReLUModel(nn.Module):
+    """The fields of the zoo's ReLU models (ResNet, VGG; :data:`signgd_jax.models.QCFS_MODELS`):
+    ``activation`` 'relu' or 'qcfs' with ``qcfs_levels`` and ``qcfs_threshold`` (see
+    :class:`Activation`)."""
 
+    activation: str = "relu"
+    qcfs_levels: int = 8
+    qcfs_threshold: float = 8.0
 
-def pool(x, activation: str, window_shape, strides, padding: Padding):
-    """The ReLU models' pooling of NHWC ``x``: max-pooling (a max_pool site) for ``'relu'``;
-    average pooling (affine, zero padding counted in the mean as PyTorch's ``AvgPool2d``) for
-    ``'qcfs'``, as the QCFS code replaces every ``MaxPool2d`` by an ``AvgPool2d`` of the same
-    kernel, stride and padding."""
-    check_activation(activation)
-    if activation == "qcfs":
-        pads = padding if isinstance(padding, str) else tuple(_pair(p) for p in padding)
-        return nn.avg_pool(x, tuple(window_shape), tuple(strides), pads, count_include_pad=True)
-    return snn.max_pool(x, window_shape, strides, padding=padding)
+    uses_batch_norm: ClassVar[bool] = True
+
+    @property
+    def act(self) -> Activation:
+        """The model's :class:`Activation`; ValueError for an unknown ``activation``."""
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; supported: {', '.join(ACTIVATIONS)}")
+        return Activation(self.activation, self.qcfs_levels, self.qcfs_threshold)
 
 
 def global_avg_pool(x):

@@ -31,7 +31,7 @@ Mapping from torchvision ``convnext_*``: ``features.0.0`` -> ``stem/conv``, ``fe
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 
@@ -41,33 +41,42 @@ from signgd_jax.models.common import DepthwiseConv, LayerScale, global_avg_pool,
 LN_EPS = 1e-6
 
 
-def _kernel_init(std: float | None):
-    """ConvNeXt's truncated normal(std); ``None``: Flax's default LeCun normal."""
-    return nn.initializers.lecun_normal() if std is None else nn.initializers.truncated_normal(std)
+class BlockOptions(NamedTuple):
+    """What the stem, the downsampling layers and the blocks share: :class:`ConvNeXt`'s fields of
+    the same names: ``ln_scales`` are the LayerNorms' ``(input_scale, normalized_scale)``;
+    ``init_std`` None: Flax's default LeCun-normal kernels instead of truncated normal(std)."""
+
+    kernel_size: int
+    mlp_ratio: int
+    layer_scale_init: float
+    gelu_approximate: bool | str
+    ln_epsilon: float
+    ln_scales: tuple[float, float]
+    init_std: float | None
+
+    def kernel_init(self):
+        return nn.initializers.lecun_normal() if self.init_std is None else nn.initializers.truncated_normal(
+            self.init_std)
+
+    def layer_norm(self, name: str):
+        return scaled_layer_norm(self.ln_epsilon, self.ln_scales, name)
 
 
 class ConvNeXtBlock(nn.Module):
     """Depthwise conv -> LayerNorm -> Dense(4C) -> GELU -> Dense(C) -> layer scale, plus residual."""
 
-    kernel_size: int = 7
-    mlp_ratio: int = 4
-    layer_scale_init: float = 1e-6
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
-    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
-    init_std: float | None = 0.02
+    options: BlockOptions
 
     @nn.compact
     def __call__(self, x):
-        channels = x.shape[-1]
-        init = _kernel_init(self.init_std)
-        y = DepthwiseConv((self.kernel_size, self.kernel_size), kernel_init=init, name="dwconv")(x)
-        y = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(y)
-        y = nn.Dense(self.mlp_ratio * channels, kernel_init=init, name="pwconv1")(y)
-        y = snn.gelu(y, self.gelu_approximate)
-        y = nn.Dense(channels, kernel_init=init, name="pwconv2")(y)
-        if self.layer_scale_init > 0:
-            y = LayerScale(self.layer_scale_init, name="layer_scale")(y)
+        o, channels = self.options, x.shape[-1]
+        y = DepthwiseConv((o.kernel_size, o.kernel_size), kernel_init=o.kernel_init(), name="dwconv")(x)
+        y = o.layer_norm("norm")(y)
+        y = nn.Dense(o.mlp_ratio * channels, kernel_init=o.kernel_init(), name="pwconv1")(y)
+        y = snn.gelu(y, o.gelu_approximate)
+        y = nn.Dense(channels, kernel_init=o.kernel_init(), name="pwconv2")(y)
+        if o.layer_scale_init > 0:
+            y = LayerScale(o.layer_scale_init, name="layer_scale")(y)
         return x + y
 
 
@@ -75,34 +84,30 @@ class ConvNeXtStem(nn.Module):
     """Patchify convolution (kernel = stride = ``patch``) followed by LayerNorm."""
 
     features: int
-    patch: int = 4
-    use_bias: bool = True
-    ln_epsilon: float = LN_EPS
-    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
-    init_std: float | None = 0.02
+    patch: int
+    use_bias: bool
+    options: BlockOptions
 
     @nn.compact
     def __call__(self, x):
         p = self.patch
         x = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", use_bias=self.use_bias,
-                    kernel_init=_kernel_init(self.init_std), name="conv")(x)
-        return scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(x)
+                    kernel_init=self.options.kernel_init(), name="conv")(x)
+        return self.options.layer_norm("norm")(x)
 
 
 class Downsample(nn.Module):
     """LayerNorm followed by a 2x2 stride-2 convolution."""
 
     features: int
-    ln_epsilon: float = LN_EPS
-    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
-    init_std: float | None = 0.02
+    options: BlockOptions
 
     @nn.compact
     def __call__(self, x):
-        x = scaled_layer_norm(self.ln_epsilon, self.ln_scales, "norm")(x)
+        x = self.options.layer_norm("norm")(x)
         # 'SAME' pads nothing for even sizes; an odd size (7x7 on MNIST) keeps its last row/column.
         return nn.Conv(self.features, (2, 2), strides=(2, 2), padding="SAME",
-                       kernel_init=_kernel_init(self.init_std), name="conv")(x)
+                       kernel_init=self.options.kernel_init(), name="conv")(x)
 
 
 class ConvNeXtStage(nn.Module):
@@ -111,21 +116,14 @@ class ConvNeXtStage(nn.Module):
     depth: int
     features: int
     downsample: bool
-    kernel_size: int = 7
-    mlp_ratio: int = 4
-    layer_scale_init: float = 1e-6
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
-    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
-    init_std: float | None = 0.02
+    options: BlockOptions
 
     @nn.compact
     def __call__(self, x):
         if self.downsample:
-            x = Downsample(self.features, self.ln_epsilon, self.ln_scales, self.init_std, name="downsample")(x)
+            x = Downsample(self.features, self.options, name="downsample")(x)
         for j in range(self.depth):
-            x = ConvNeXtBlock(self.kernel_size, self.mlp_ratio, self.layer_scale_init, self.gelu_approximate,
-                              self.ln_epsilon, self.ln_scales, self.init_std, name=f"block_{j}")(x)
+            x = ConvNeXtBlock(self.options, name=f"block_{j}")(x)
         return x
 
 
@@ -157,15 +155,14 @@ class ConvNeXt(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train  # no BatchNorm, no dropout
-        eps, std = self.ln_epsilon, self.init_std
-        x = ConvNeXtStem(self.dims[0], self.stem_patch, self.stem_bias, eps, self.ln_scales, std, name="stem")(x)
+        o = BlockOptions(self.kernel_size, self.mlp_ratio, self.layer_scale_init, self.gelu_approximate,
+                         self.ln_epsilon, self.ln_scales, self.init_std)
+        x = ConvNeXtStem(self.dims[0], self.stem_patch, self.stem_bias, o, name="stem")(x)
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-            x = ConvNeXtStage(depth, dim, i > 0, self.kernel_size, self.mlp_ratio, self.layer_scale_init,
-                              self.gelu_approximate, eps, self.ln_scales, std,
-                              name=f"stages_{i}")(x)
+            x = ConvNeXtStage(depth, dim, i > 0, o, name=f"stages_{i}")(x)
         x = global_avg_pool(x)
-        x = scaled_layer_norm(eps, self.ln_scales, "head_norm")(x)
-        return nn.Dense(self.num_classes, kernel_init=_kernel_init(std), name="head")(x)
+        x = o.layer_norm("head_norm")(x)
+        return nn.Dense(self.num_classes, kernel_init=o.kernel_init(), name="head")(x)
 
 
 CONFIGS = {

@@ -25,22 +25,18 @@ Mapping from the original checkpoints (``MixerBlock_{i}/LayerNorm_0``, ``token_m
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from signgd_jax.models.common import Mlp, scaled_layer_norm
-
-LN_EPS = 1e-6
+from signgd_jax.models.common import Mlp, PatchTokenModel, patch_tokens, scaled_layer_norm
 
 
 class MixerBlock(nn.Module):
     tokens_mlp_dim: int
     channels_mlp_dim: int
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
-    ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
+    gelu_approximate: bool | str
+    ln_epsilon: float
+    ln_scales: tuple[float, float]  # LayerNorm input_scale, normalized_scale
 
     @nn.compact
     def __call__(self, x):  # x: [B, N, C]
@@ -52,7 +48,7 @@ class MixerBlock(nn.Module):
         return x + Mlp(self.channels_mlp_dim, gelu_approximate=self.gelu_approximate, name="channel_mixing")(y)
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(PatchTokenModel):
     """MLP-Mixer classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``.
 
     ``stem_bias=False``: see :class:`signgd_jax.models.convnext.ConvNeXt` (LayerNorm of the zero
@@ -60,25 +56,15 @@ class MlpMixer(nn.Module):
     """
 
     num_blocks: int = 12
-    patch_size: int = 16
-    hidden_dim: int = 768
     tokens_mlp_dim: int = 384
     channels_mlp_dim: int = 3072
-    num_classes: int = 1000
     stem_bias: bool = True
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
     ln_scales: tuple[float, float] = (1.0, 1.0)  # LayerNorm input_scale, normalized_scale
-
-    uses_batch_norm: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
-        p = self.patch_size
-        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", use_bias=self.stem_bias,
-                    name="stem")(x)
-        x = x.reshape(*x.shape[:-3], x.shape[-3] * x.shape[-2], x.shape[-1])
+        x = patch_tokens(x, self.hidden_dim, self.patch_size, self.stem_bias)
         for i in range(self.num_blocks):
             x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.gelu_approximate, self.ln_epsilon,
                            self.ln_scales, name=f"blocks_{i}")(x)

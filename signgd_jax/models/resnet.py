@@ -23,49 +23,45 @@ Mapping from torchvision ``resnet18/34``: ``conv1``/``bn1`` -> ``stem/conv``/``s
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 
-from signgd_jax.models.common import ConvBN, activation_fn, check_activation, global_avg_pool, pool
+from signgd_jax.models.common import Activation, ConvBN, ReLUModel, global_avg_pool
 
 
 class BasicBlock(nn.Module):
     features: int
-    strides: int = 1
-    activation: str = "relu"  # see ResNet
-    qcfs_levels: int = 8
-    qcfs_threshold: float = 8.0
+    strides: int
+    act: Activation
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
         y = ConvBN(self.features, 3, self.strides, name="conv1")(x, train)
-        y = activation_fn(y, *act, name="qcfs1")
+        y = self.act(y, name="qcfs1")
         y = ConvBN(self.features, 3, 1, name="conv2")(y, train)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = ConvBN(self.features, 1, self.strides, name="shortcut")(x, train)
-        return activation_fn(x + y, *act, name="qcfs2")
+        return self.act(x + y, name="qcfs2")
 
 
 class ResNetStage(nn.Module):
     depth: int
     features: int
-    strides: int = 1
-    activation: str = "relu"  # see ResNet
-    qcfs_levels: int = 8
-    qcfs_threshold: float = 8.0
+    strides: int
+    act: Activation
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for j in range(self.depth):
-            x = BasicBlock(self.features, self.strides if j == 0 else 1, self.activation, self.qcfs_levels,
-                           self.qcfs_threshold, name=f"block_{j}")(x, train)
+            x = BasicBlock(self.features, self.strides if j == 0 else 1, self.act, name=f"block_{j}")(x, train)
         return x
 
 
-class ResNet(nn.Module):
-    """ResNet classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``."""
+class ResNet(ReLUModel):
+    """ResNet classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``.
+    ``activation='qcfs'`` (:class:`~signgd_jax.models.common.ReLUModel`) also makes the stem's
+    max-pool an average pool."""
 
     depths: Sequence[int] = (2, 2, 2, 2)
     widths: Sequence[int] = (64, 128, 256, 512)
@@ -75,24 +71,16 @@ class ResNet(nn.Module):
     stem_kernel: int = 7
     stem_stride: int = 2
     stem_pool: bool = True
-    # 'relu', or 'qcfs': every ReLU a signgd_jax.nn.QCFS (qcfs_levels steps, a trainable
-    # threshold per site starting at qcfs_threshold) and the stem's max-pool an average pool
-    activation: str = "relu"
-    qcfs_levels: int = 8
-    qcfs_threshold: float = 8.0
-
-    uses_batch_norm: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_activation(self.activation)
-        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
+        act = self.act
         x = ConvBN(self.stem_width, self.stem_kernel, self.stem_stride, name="stem")(x, train)
-        x = activation_fn(x, *act, name="stem_qcfs")
+        x = act(x, name="stem_qcfs")
         if self.stem_pool:
-            x = pool(x, self.activation, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            x = act.pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, (depth, width, stride) in enumerate(zip(self.depths, self.widths, self.strides)):
-            x = ResNetStage(depth, width, stride, *act, name=f"stages_{i}")(x, train)
+            x = ResNetStage(depth, width, stride, act, name=f"stages_{i}")(x, train)
         x = global_avg_pool(x)
         return nn.Dense(self.num_classes, name="head")(x)
 

@@ -22,18 +22,20 @@ Mapping from torchvision ``vgg16_bn``: the ``k``-th ``Conv2d``/``BatchNorm2d`` i
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 
 from signgd_jax import nn as snn
-from signgd_jax.models.common import ConvBN, activation_fn, adaptive_avg_pool, check_activation, pool
+from signgd_jax.models.common import ConvBN, ReLUModel, adaptive_avg_pool
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-class VGG(nn.Module):
-    """VGG classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``."""
+class VGG(ReLUModel):
+    """VGG classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``.
+    ``activation='qcfs'`` (:class:`~signgd_jax.models.common.ReLUModel`) also makes every 'M' a
+    2x2 average pool (as the QCFS code's VGG; ``pool_input_scale`` then has nothing to scale)."""
 
     layers: Sequence[int | str] = VGG16
     classifier: Sequence[int] = (4096, 4096)
@@ -44,36 +46,25 @@ class VGG(nn.Module):
     # two), but the max neurons track ``s`` times smaller values; paper-mode estimates are
     # confined to +-3 and ReLU outputs of a trained VGG exceed that.
     pool_input_scale: float = 1.0
-    # 'relu', or 'qcfs': every ReLU a signgd_jax.nn.QCFS (qcfs_levels steps, a trainable
-    # threshold per site starting at qcfs_threshold) and every 'M' a 2x2 average pool (as the
-    # QCFS code's VGG; pool_input_scale then has nothing to scale)
-    activation: str = "relu"
-    qcfs_levels: int = 8
-    qcfs_threshold: float = 8.0
-
-    uses_batch_norm: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_activation(self.activation)
-        act = (self.activation, self.qcfs_levels, self.qcfs_threshold)
-        k = 0
+        act, k = self.act, 0
         for layer in self.layers:
-            if layer == "M":
-                if self.activation == "qcfs":
-                    x = pool(x, self.activation, (2, 2), (2, 2), padding=self.pool_padding)
-                else:
-                    s = self.pool_input_scale
-                    x = snn.max_pool(x * s, (2, 2), (2, 2), padding=self.pool_padding) / s
+            if layer == "M" and act.kind == "qcfs":
+                x = act.pool(x, (2, 2), (2, 2), padding=self.pool_padding)
+            elif layer == "M":
+                s = self.pool_input_scale
+                x = snn.max_pool(x * s, (2, 2), (2, 2), padding=self.pool_padding) / s
             else:
                 x = ConvBN(int(layer), 3, 1, use_bias=True, name=f"features_{k}")(x, train)
-                x = activation_fn(x, *act, name=f"features_{k}_qcfs")
+                x = act(x, name=f"features_{k}_qcfs")
                 k += 1
         if self.pool_size is not None:
             x = adaptive_avg_pool(x, self.pool_size)
         x = x.reshape(*x.shape[:-3], -1)
         for m, width in enumerate(self.classifier):
-            x = activation_fn(nn.Dense(width, name=f"classifier_{m}")(x), *act, name=f"classifier_{m}_qcfs")
+            x = act(nn.Dense(width, name=f"classifier_{m}")(x), name=f"classifier_{m}_qcfs")
         return nn.Dense(self.num_classes, name="head")(x)
 
 

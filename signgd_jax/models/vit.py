@@ -28,10 +28,8 @@ Parameter tree (``params`` only)::
     blocks_{i}/attention/qkv/{kernel (D, 3D), bias}      q, k, v stacked, heads major within each
     blocks_{i}/attention/out/{kernel (D, D), bias}
     blocks_{i}/norm2/{scale, bias}
-    blocks_{i}/mlp/fc1/{kernel (D, mlp_dim), bias}
-    blocks_{i}/mlp/fc2/{kernel (mlp_dim, D), bias}
-    norm/{scale, bias}
-    head/{kernel (D, classes), bias}
+    blocks_{i}/mlp/{fc1, fc2}/{kernel, bias}             fc1 (D, mlp_dim), fc2 (mlp_dim, D)
+    norm/{scale, bias}                                   head/{kernel (D, classes), bias}
 
 ``N = (H/p) * (W/p)``: the position embedding fixes the input resolution at initialisation.
 torchvision's ``vit_b_16`` state dict maps onto this tree one to one
@@ -39,16 +37,12 @@ torchvision's ``vit_b_16`` state dict maps onto this tree one to one
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from signgd_jax import nn as snn
-from signgd_jax.models.common import Mlp
-
-LN_EPS = 1e-6
+from signgd_jax.models.common import Mlp, PatchTokenModel, patch_tokens
 
 
 def _norm(epsilon: float, vector: bool, name: str):
@@ -85,9 +79,9 @@ class SelfAttention(nn.Module):
 class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
-    vector_neurons: bool = True
+    gelu_approximate: bool | str
+    ln_epsilon: float
+    vector_neurons: bool
 
     @nn.compact
     def __call__(self, x):
@@ -97,30 +91,21 @@ class EncoderBlock(nn.Module):
         return x + Mlp(self.mlp_dim, gelu_approximate=self.gelu_approximate, name="mlp")(y)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PatchTokenModel):
     """ViT classifier; ``__call__(images NHWC, train=False) -> logits [B, num_classes]``."""
 
-    patch_size: int = 16
-    hidden_dim: int = 768
     depth: int = 12
     num_heads: int = 12
     mlp_dim: int = 3072
-    num_classes: int = 1000
     pool: str = "token"
-    gelu_approximate: bool | str = True
-    ln_epsilon: float = LN_EPS
     vector_neurons: bool = True  # False: the reference's elementwise decomposition (paper mode)
-
-    uses_batch_norm: ClassVar[bool] = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
         if self.pool not in ("token", "mean"):
             raise ValueError(f"pool must be 'token' or 'mean', got {self.pool!r}")
-        p = self.patch_size
-        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", name="stem")(x)
-        x = x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3])
+        x = patch_tokens(x, self.hidden_dim, self.patch_size)
         if self.pool == "token":
             cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.hidden_dim))
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.hidden_dim)).astype(x.dtype), x], axis=1)
