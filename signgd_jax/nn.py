@@ -232,8 +232,12 @@ def softmax(x, axis=-1):
 
 
 def normalize(x, axis=-1, epsilon: float = 1e-6):
-    """LayerNorm's normalised vector ``(x - mean) / sqrt(var + eps)`` over ``axis`` as one vector
-    neuron per element (instead of the square and ``x1/sqrt(x2)`` neurons of :func:`layer_norm`)."""
+    """LayerNorm's normalised vector ``(x - mean) / sqrt(var + eps)`` over ``axis`` (an int or a
+    sequence of axes; mean and variance over all of them), without scale and shift: one
+    ``layer_norm`` site with no ``normalized_scale``: one vector neuron per element, never taken
+    apart into the square and ``x1/sqrt(x2)`` neurons of :func:`decomposed_layer_norm` (so the
+    improved and ecmt dynamics convert it; paper, if and qcfs refuse it). ``layer_norm(...,
+    vector_neuron=True)`` is this over the last axis, then scale and shift."""
     x = jnp.asarray(x)
     return site("layer_norm", x, axis=_negative_axes(axis, x.ndim), epsilon=float(epsilon))
 
