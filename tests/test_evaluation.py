@@ -54,3 +54,26 @@ def test_sweep_returns_its_grid_with_the_best_point():
         assert accuracy == pytest.approx(float(np.mean(np.asarray(own).argmax(-1) == labels)))
     with pytest.raises(ValueError, match="not a swept time-step"):
         grid.best(4)
+
+
+def test_a_tuned_schedule_runs_each_t_with_its_own_step_sizes_and_levels():
+    """``evaluate(..., schedule=choice)`` equals evaluating each schedule's own SNN at its T's."""
+    model = Net()
+    x = jax.random.normal(jax.random.key(4), (30, 6))
+    variables = model.init(jax.random.key(5), x)
+    labels = np.asarray(model.apply(variables, x)).argmax(-1)
+    labels[::3] = (labels[::3] + 1) % 4
+    snn = sg.convert(model, variables, x, dynamics="improved")
+    choice = sg.tune_schedule(snn, [x], timesteps=(1, 2, 4), eta0=(0.1, 0.6), decay=(0.2, 1.0), images=16,
+                              spike_levels=(1, 3))
+    assert len(choice.groups()) > 1  # else the test would not tell the schedules apart
+    report = sg.evaluate(snn, (x, labels), timesteps=(1, 2, 4), schedule=choice)
+    for (eta0, gamma, levels), ts in choice.groups().items():
+        own = sg.evaluate(snn.with_schedule(eta0=eta0, gamma=gamma).with_spike_levels(levels), (x, labels), ts)
+        for t in ts:
+            assert report.accuracy[t] == own.accuracy[t]
+            for field in ("sops_per_image_step", "energy_pj_per_image_step", "bits_per_neuron_step"):
+                assert report.statistics[t][field] == pytest.approx(own.statistics[t][field])
+    assert report.schedule == choice.as_dict() and report.dynamics == "improved tuned"
+    with pytest.raises(ValueError, match=r"not for \[8\]"):
+        sg.evaluate(snn, (x, labels), timesteps=(4, 8), schedule=choice)
