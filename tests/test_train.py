@@ -204,8 +204,15 @@ def test_load_trained_errors(trained, tmp_path):
     shutil.copy(os.path.join(workdir, "config.json"), tmp_path / "empty")
     with pytest.raises(train.CheckpointNotFound, match="no checkpoints"):
         train.load_trained(str(tmp_path / "empty"))
-    with pytest.raises(train.CheckpointMismatch, match="does not match the model"):
+    with pytest.raises(train.CheckpointMismatch, match="does not match the model") as mismatch:
         train.load_trained(workdir, model=TinyCNN(width=16))
+    # one family of checkpoint errors: a restore error is a TrainError and the models' CheckpointError
+    from signgd_jax import models
+
+    assert type(mismatch.value) is train.RestoreMismatch and train.CheckpointMismatch is models.CheckpointMismatch
+    assert all(isinstance(mismatch.value, kind) for kind in (train.RestoreError, train.TrainError, models.CheckpointError))
+    assert issubclass(train.CheckpointNotFound, FileNotFoundError) and train.CheckpointError is models.CheckpointError
+    assert not issubclass(models.CheckpointError, train.TrainError)  # importing published weights is not training
     # a config.json naming another model is caught the same way
     wide = str(tmp_path / "wide")
     shutil.copytree(workdir, wide)

@@ -1,18 +1,21 @@
-"""Model zoo: convertible ConvNeXt, MLP-Mixer, ResMLP, ResNet and VGG.
+"""Model zoo: convertible ConvNeXt, MLP-Mixer, ResMLP, ResNet, VGG and Vision Transformer (ViT).
 
-Every nonlinearity goes through :mod:`signgd_jax.nn` (ReLU, GELU, max-pool, LayerNorm), and
-everything between those is affine, so each model converts as is. Calling convention::
+Every nonlinearity goes through :mod:`signgd_jax.nn` (ReLU or QCFS, GELU, max-pool, LayerNorm;
+ViT's attention as bilinear and softmax vector neurons), and everything between those is
+affine, so each model converts as is (ViT's vector neurons in improved mode; with
+``vector_neurons=False`` in paper mode too). Calling convention::
 
     model = models.create("convnext_mini", num_classes=10)
     variables = model.init(key, images, train=False)          # images: NHWC float32
     logits = model.apply(variables, images, train=False)      # [batch, num_classes]
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])  # BN models
 
-Small variants (``*_mini``) take 28x28 or 32x32 images with any channel count; the ImageNet
-variants (``convnext_small``, ``mixer_b16``, ``resmlp_big_24``, ``resnet18``, ``resnet34``,
-``vgg16_bn``) have the published layer shapes for 224x224x3 images. Models whose weights depend
-on the number of tokens (Mixer, ResMLP) or the flattened map (VGG without adaptive pooling) fix
-the input resolution when initialised. Parameter names are documented in each family's module.
+Small variants (``*_mini``: :data:`SMALL_MODELS`) take 28x28 or 32x32 images with any channel
+count; the ImageNet variants (:data:`IMAGENET_MODELS`: ``convnext_small``, ``mixer_b16``,
+``resmlp_big_24``, ``resnet18``, ``resnet34``, ``vgg16_bn``, ``vit_b16``) have the published layer
+shapes for 224x224x3 images. Models whose weights depend on the number of tokens (Mixer, ResMLP,
+ViT's position embedding) or the flattened map (VGG without adaptive pooling) fix the input
+resolution when initialised. Parameter names are documented in each family's module.
 
 Published weights (vision_transformer ``.npz``, timm, torchvision) load with
 :func:`from_checkpoint` (``signgd_jax.models.checkpoints``), which also returns the input

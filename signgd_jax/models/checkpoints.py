@@ -13,6 +13,11 @@ Supported (zoo name: source -- file contents):
 * ``resmlp_big_24``: ``timm`` ``resmlp_big_24_224`` (exact GELU, ``Aff`` as (1, 1, C) arrays).
 * ``resnet18``, ``resnet34``, ``vgg16_bn``: ``torchvision`` (BatchNorm eps 1e-5; VGG's first
   classifier layer reads the (C, H, W)-flattened map, re-ordered here to our (H, W, C)).
+* ``vit_b16``: ``torchvision`` ``vit_b_16`` (``encoder.layers.encoder_layer_{i}...``; exact GELU,
+  LayerNorm eps 1e-6, the class token's output; ``in_proj_weight`` is our ``qkv`` kernel transposed).
+
+(:data:`LAYOUTS` holds this table; timm repositories of the Hugging Face Hub, ViT's included,
+load through :mod:`signgd_jax.models.hub`.)
 
 Files: ``.safetensors`` (numpy API of the ``safetensors`` package) and ``.npz`` are read without
 torch; ``.pth`` / ``.pt`` / ``.bin`` (a flat ``{name: tensor}`` state dict) import torch only
@@ -37,11 +42,16 @@ from signgd_jax.models import preprocessing as prep
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (corrupt, truncated, unknown format, torch missing)."""
+    """A checkpoint that cannot be used; ``str(e)`` is one line. The root of signgd_jax's checkpoint
+    errors: this module raises it for a published file that cannot be read (corrupt, truncated,
+    unknown format, torch missing), :mod:`~signgd_jax.models.hub` its ``HubError``, and the
+    training tools' errors on restoring a workdir (``signgd_jax.commands.train.RestoreError``)
+    derive from it too."""
 
 
 class CheckpointMismatch(CheckpointError):
-    """A readable checkpoint whose keys or shapes are not those of the requested model."""
+    """A readable checkpoint whose keys or shapes are not those of the requested model (a
+    published file, or a training workdir's checkpoint: ``commands.train.RestoreMismatch``)."""
 
 
 class Entry(NamedTuple):
@@ -460,7 +470,7 @@ def from_checkpoint(path, name: str, source: str | None = None):
     Args:
       path: a ``.safetensors``, ``.npz`` or torch (``.pth``/``.pt``/``.bin``) file.
       name: a zoo ImageNet model (``mixer_b16``, ``convnext_small``, ``resmlp_big_24``,
-        ``resnet18``, ``resnet34``, ``vgg16_bn``).
+        ``resnet18``, ``resnet34``, ``vgg16_bn``, ``vit_b16``; the keys of :data:`LAYOUTS`).
       source: ``'vit_jax'``, ``'timm'`` or ``'torchvision'``; default: recognised from the keys.
 
     Returns:

@@ -46,7 +46,7 @@ def load_workdir(workdir: str):
     except train.CheckpointNotFound as e:
         raise ConvertError(f"missing checkpoint: {one_line(e)} (train one with `signgd-train"
                            f" --model NAME --workdir {workdir}`)") from None
-    except train.CheckpointMismatch as e:
+    except train.RestoreMismatch as e:
         raise ConvertError(f"checkpoint does not match the model in config.json: {one_line(e)}") from None
     except train.CorruptCheckpoint as e:
         raise ConvertError(f"corrupt checkpoint: {one_line(e)}") from None

@@ -11,14 +11,20 @@ A workdir holds ``config.json`` (model, dataset, num_classes, image_shape, hyper
 enough to rebuild the model), ``metrics.jsonl`` (one JSON line per finished epoch) and
 ``checkpoints/<global step>/`` (orbax; see :mod:`signgd_jax.commands.train.checkpoint`).
 Rerunning an interrupted run with the same settings resumes it from its last checkpoint.
+
+A checkpoint that cannot be restored raises :class:`RestoreError` (:class:`CheckpointNotFound`,
+:class:`CorruptCheckpoint`, :class:`RestoreMismatch`), a :class:`TrainError` and a
+:class:`CheckpointError`: ``CheckpointError`` and ``CheckpointMismatch`` are
+:mod:`signgd_jax.models`' own, the one family with the errors of importing published weights.
 """
 from signgd_jax.commands.train.checkpoint import (CheckpointError, CheckpointMismatch,
                                                   CheckpointNotFound, CorruptCheckpoint,
-                                                  load_trained)
+                                                  RestoreError, RestoreMismatch, load_trained)
 from signgd_jax.commands.train.config import ConfigError, TrainConfig, TrainError, build_model
 from signgd_jax.commands.train.loop import StepCallback, run
 from signgd_jax.commands.train.state import TrainState, make_optimizer, make_train_step
 
 __all__ = ["TrainConfig", "run", "load_trained", "build_model", "make_optimizer",
            "make_train_step", "TrainState", "StepCallback", "TrainError", "ConfigError",
-           "CheckpointError", "CheckpointNotFound", "CorruptCheckpoint", "CheckpointMismatch"]
+           "RestoreError", "CheckpointNotFound", "CorruptCheckpoint", "RestoreMismatch",
+           "CheckpointError", "CheckpointMismatch"]

@@ -22,21 +22,24 @@ import orbax.checkpoint as ocp
 
 from signgd_jax.commands.common import one_line, read_json
 from signgd_jax.commands.train.config import CHECKPOINT_DIR, CONFIG_FILE, TrainError, build_model
+from signgd_jax.models.checkpoints import CheckpointError, CheckpointMismatch
 
 
-class CheckpointError(TrainError):
-    """A workdir's checkpoint cannot be used."""
+class RestoreError(TrainError, CheckpointError):
+    """A training workdir's checkpoint cannot be restored: a :class:`TrainError` of the training
+    tools and a :class:`signgd_jax.models.CheckpointError`, the one family of checkpoint errors
+    (whose other members are the errors of importing published weights)."""
 
 
-class CheckpointNotFound(CheckpointError, FileNotFoundError):
+class CheckpointNotFound(RestoreError, FileNotFoundError):
     """No workdir, no config.json, or no checkpoint in it."""
 
 
-class CorruptCheckpoint(CheckpointError):
+class CorruptCheckpoint(RestoreError):
     """A checkpoint (or config.json) exists but cannot be read."""
 
 
-class CheckpointMismatch(CheckpointError):
+class RestoreMismatch(RestoreError, CheckpointMismatch):
     """The checkpoint's parameter tree or shapes differ from the model in config.json."""
 
 
@@ -84,7 +87,7 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def check_shapes(mgr: ocp.CheckpointManager, step: int, abstract) -> None:
-    """Raise :class:`CheckpointMismatch` if the stored variables differ from ``abstract``."""
+    """Raise :class:`RestoreMismatch` if the stored variables differ from ``abstract``."""
     try:
         metadata = mgr.item_metadata(step)["variables"]
     except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged metadata
@@ -98,7 +101,7 @@ def check_shapes(mgr: ocp.CheckpointManager, step: int, abstract) -> None:
                  if stored[k] != wanted[k]]
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointMismatch(
+        raise RestoreMismatch(
             f"checkpoint {step} in {mgr.directory} does not match the model: "
             + "; ".join(problems[:3]) + more)
 
@@ -139,7 +142,8 @@ def load_trained(workdir: str, model=None, step: Optional[int] = None):
 
     Raises :class:`CheckpointNotFound` (no workdir / config.json / checkpoint),
     :class:`CorruptCheckpoint` (unreadable config.json or checkpoint) or
-    :class:`CheckpointMismatch` (stored parameter tree or shapes differ from the model).
+    :class:`RestoreMismatch` (stored parameter tree or shapes differ from the model), all of
+    them :class:`RestoreError`.
     """
     workdir = os.fspath(workdir)
     if not os.path.isdir(workdir):
@@ -180,5 +184,5 @@ def load_trained(workdir: str, model=None, step: Optional[int] = None):
     return model, got["variables"], info
 
 
-__all__ = ["CheckpointError", "CheckpointNotFound", "CorruptCheckpoint", "CheckpointMismatch",
-           "load_trained"]
+__all__ = ["RestoreError", "CheckpointNotFound", "CorruptCheckpoint", "RestoreMismatch", "CheckpointError",
+           "CheckpointMismatch", "load_trained"]

@@ -97,7 +97,7 @@ def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
 
 def main(argv=None, prog: str = "signgd-train") -> int:
     args = vars(parser(prog).parse_args(argv))
-    from signgd_jax.commands.train import CheckpointError, ConfigError, TrainConfig, run
+    from signgd_jax.commands.train import ConfigError, RestoreError, TrainConfig, run
     from signgd_jax.data import DatasetNotPrepared
 
     if args["qcfs_levels"] is not None and args["activation"] != "qcfs":
@@ -107,7 +107,7 @@ def main(argv=None, prog: str = "signgd-train") -> int:
         run(TrainConfig(**args), log=lambda msg: print(msg, flush=True))
     except (ConfigError, DatasetNotPrepared) as e:
         return fail(e)
-    except CheckpointError as e:
+    except RestoreError as e:
         return fail(e, status=1)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint",

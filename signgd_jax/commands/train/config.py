@@ -55,9 +55,10 @@ def augment_by_default(dataset: str) -> bool:
     return dataset in ("cifar10", "cifar100")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (see ``signgd-train --help``).
+    """Everything that defines a training run (see ``signgd-train --help``); frozen: a changed
+    config is a new one (``dataclasses.replace``).
 
     ``model`` is a name known to ``signgd_jax.models.create`` or ``"package.module:factory"``,
     a callable returning a flax module when called as ``factory(num_classes=N)``.
@@ -165,9 +166,6 @@ class TrainConfig:
         if not cfg.workdir:
             raise ConfigError("a workdir is required")
         check_activation(cfg.model, cfg.activation, cfg.qcfs_levels)
-
-    def resolved_augment(self) -> bool:
-        return self.resolved().augment
 
 
 def check_activation(model: str, activation: str, qcfs_levels) -> None:

@@ -87,7 +87,7 @@ def _restore_latest(mgr, state: TrainState, log, epochs: int, spe: int) -> tuple
     try:
         ckpt.check_shapes(mgr, latest, variables)
         got = ckpt.restore(mgr, latest, variables=variables, train=train, meta=True)
-    except ckpt.CheckpointError as e:
+    except ckpt.RestoreError as e:
         raise type(e)(f"{e} (to resume from an earlier checkpoint, delete "
                       f"{mgr.directory}/{latest})") from e
     meta = got["meta"]
@@ -116,7 +116,7 @@ def run(config: TrainConfig, model=None, log: Callable[[str], None] = print,
     ``model`` overrides building ``config.model`` (any flax module called as
     ``model.apply(variables, images, train=...)``); ``on_step`` see :data:`StepCallback`.
     Raises :class:`ConfigError` for bad settings or a workdir in use,
-    ``signgd_jax.data.DatasetNotPrepared``, or a ``CheckpointError`` when the workdir's
+    ``signgd_jax.data.DatasetNotPrepared``, or a ``RestoreError`` when the workdir's
     checkpoint cannot be restored.
     """
     config.validate()
