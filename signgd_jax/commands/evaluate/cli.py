@@ -48,6 +48,16 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _add_analysis_options(a) -> None:
+    """A sweep of the exponential schedule instead of one schedule, or the layer errors."""
+    a("--sweep-eta0", default=None, metavar="A:B:N", help="sweep eta0 over N values from A to B (or a,b,c); "
+      "writes sweep.json and heatmaps instead of results.json (default: no sweep)")
+    a("--sweep-gamma", default=None, metavar="A:B:N", help="sweep gamma likewise; the axis not swept holds "
+      "--eta0 or --gamma (default: no sweep)")
+    a("--diagnose", action="store_true", help="also measure each site's error against the ANN per time-step "
+      "on the first 64 test images: results.json['layer_errors'] and layer_errors.png (default: off)")
+
+
 def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description="Convert the model of a training workdir (or published "
                       "ImageNet weights: --model with --weights) into spiking networks (one per dynamics), "
@@ -97,12 +107,7 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     a("--dtype", default="float32", help="simulation precision: float32 or bfloat16 (default: %(default)s)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars (default: progress bars "
       "on)")
-    a("--sweep-eta0", default=None, metavar="A:B:N", help="sweep eta0 over N values from A to B (or a,b,c); "
-      "writes sweep.json and heatmaps instead of results.json (default: no sweep)")
-    a("--sweep-gamma", default=None, metavar="A:B:N", help="sweep gamma likewise; the axis not swept holds "
-      "--eta0 or --gamma (default: no sweep)")
-    a("--diagnose", action="store_true", help="also measure each site's error against the ANN per time-step "
-      "on the first 64 test images: results.json['layer_errors'] and layer_errors.png (default: off)")
+    _add_analysis_options(a)
     distributed.add_arguments(p)  # --coordinator-address, --num-processes, --process-id
     return p
 

@@ -128,10 +128,6 @@ def restore(mgr: ocp.CheckpointManager, step: int, *, variables=None, train=None
     return {k: restored[k] for k in items}
 
 
-def latest_step(mgr: ocp.CheckpointManager) -> Optional[int]:
-    return mgr.latest_step()
-
-
 def load_trained(workdir: str, model=None, step: Optional[int] = None):
     """Rebuild the model of a training workdir and restore its latest (or ``step``) variables.
 

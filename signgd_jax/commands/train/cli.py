@@ -30,20 +30,9 @@ def _recipes_help() -> str:
             f"brings its own lr and weight decay ({per_optimizer}).")
 
 
-def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
-    """The command line; every option's help ends with its default, as ``(default: ...)``."""
-    p = OneLineParser(prog=prog, description="Train a classifier into a resumable workdir "
-                      "(rerun the same command to resume after an interruption).",
-                      epilog=_recipes_help())
-    a = p.add_argument
-    a("--model", required=True, help="signgd_jax.models name (e.g. convnext_mini, resnet_mini)"
-      " or package.module:factory (required)")
-    a("--dataset", default="mnist5k", help=f"{dataset_names()}; all but mnist5k prepared beforehand as TFDS "
-      "array_record files (default: %(default)s)")
-    a("--workdir", required=True, help="output folder: config.json, metrics.jsonl, checkpoints/"
-      " (required)")
-    a("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
-    a("--batch-size", type=int, default=128, help="training batch size (default: %(default)s)")
+def _add_recipe_options(a) -> None:
+    """The options a training recipe fills when they are left unset (see ``_recipes_help``), with
+    momentum, Nesterov and the learning-rate schedule."""
     a("--optimizer", choices=("sgd", "adamw"), default=None,
       help="sgd (the paper's) or adamw (default: recipe: adamw for the LayerNorm/GELU minis,"
       " sgd otherwise; see below)")
@@ -63,6 +52,23 @@ def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
     a("--range-bound", type=float, default=None, help="bound of --range-penalty; paper-mode "
       f"estimates reach at most 2.89 by T=64 (default: recipe: {_RESMLP['range_bound']:g} for "
       f"resmlp_mini, else {PAPER_RECIPE['range_bound']:g})")
+
+
+def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
+    """The command line; every option's help ends with its default, as ``(default: ...)``."""
+    p = OneLineParser(prog=prog, description="Train a classifier into a resumable workdir "
+                      "(rerun the same command to resume after an interruption).",
+                      epilog=_recipes_help())
+    a = p.add_argument
+    a("--model", required=True, help="signgd_jax.models name (e.g. convnext_mini, resnet_mini)"
+      " or package.module:factory (required)")
+    a("--dataset", default="mnist5k", help=f"{dataset_names()}; all but mnist5k prepared beforehand as TFDS "
+      "array_record files (default: %(default)s)")
+    a("--workdir", required=True, help="output folder: config.json, metrics.jsonl, checkpoints/"
+      " (required)")
+    a("--epochs", type=int, default=10, help="training epochs (default: %(default)s)")
+    a("--batch-size", type=int, default=128, help="training batch size (default: %(default)s)")
+    _add_recipe_options(a)
     a("--activation", choices=ACTIVATIONS, default="relu",
       help="relu (the model as defined) or qcfs: train a ReLU model of the zoo (resnet_mini, "
       "vgg_mini, resnet18, resnet34, vgg16_bn) with QCFS activations (Bu et al., ICLR 2022: "
