@@ -1,8 +1,11 @@
 """Image-classification datasets by name, read through TFDS data sources without TensorFlow.
 
-Everything here is numpy: records come from ``tfds`` array_record data sources (random access,
-no ``tf.data``), images are decoded by TFDS with PIL, and batching, normalisation, resizing and
-augmentation are plain numpy.
+Everything here runs on the host, in numpy and PIL: records come from ``tfds`` array_record data
+sources (random access, no ``tf.data``); small datasets are decoded by TFDS and held in memory;
+photos are read as their stored JPEG bytes and decoded, resized and cropped with PIL by
+:mod:`signgd_jax.images` each time they are read; :mod:`signgd_jax.loader` cuts a pass into
+batches (order, augmentation, per-process rows) and computes them with grain, in worker
+processes when asked (``workers=``).
 
 Supported names (:data:`SUPPORTED`):
 
@@ -34,12 +37,14 @@ name              image        classes  source
 A pretrained model's input convention (``load(..., preprocessing=p)`` with ``p`` a
 :class:`signgd_jax.models.Preprocessing`, as :func:`signgd_jax.models.from_checkpoint` returns it)
 replaces a photo dataset's defaults (imagenet2012, imagenet_v2, imagenette): each image is resized
-and centre-cropped with ``p``'s geometry
-and filter (:func:`signgd_jax.models.preprocessing.resize_and_crop`), rounded to uint8 as the
-publishers' PIL pipelines do, and normalised with ``p.mean`` and ``p.std`` instead of the
-dataset's. Other datasets refuse a preprocessing (their images are used at their own size).
-The resize is compiled once per distinct input image shape (about 0.7 s each on CPU; ImageNet's
-photos come in many sizes, so the first pass over a split is slower than later ones).
+and centre-cropped with ``p``'s geometry and filter, and normalised with ``p.mean`` and ``p.std``
+instead of the dataset's. Other datasets refuse a preprocessing (their images are used at their
+own size). Without one, a photo dataset's own convention is a :class:`~signgd_jax.models.Preprocessing`
+too: shorter side to 256 (bilinear), centre crop 224, its mean and std. Both go through one
+function, :func:`signgd_jax.images.photo`: PIL decodes the JPEG and converts it to RGB, resizes
+the uint8 image with the publisher's filter (``Image.resize``, torchvision's size rule) and
+crops the centre (torchvision's rounding), so the pixels are the ones torchvision and timm feed
+their models, and no photo shape costs a compilation.
 
 The TFDS datasets must already be prepared as array_record files in the data directory (this
 module never downloads anything); otherwise :func:`load` raises :class:`DatasetNotPrepared`.
@@ -58,21 +63,34 @@ Typical use::
     for images, labels in data.batches(ds, 128, shuffle=True, seed=0, epoch=3, augment=True):
         ...  # images: (B, 32, 32, 3) float32 normalised NHWC, labels: (B,) int32
 
+    val = data.load("imagenet2012", "test")    # photos: decoded in 8 worker processes
+    for images, labels, n_real in data.padded_batches(val, 256, workers=8):
+        ...  # every batch 256 rows, the last one padded (label -1) after its n_real real rows
+
 The order of :func:`batches` is a pure function of ``(seed, epoch)`` and the augmentation of a
 batch a pure function of ``(seed, epoch, batch index)``, so a run can be resumed mid-epoch with
-``start=k`` and see exactly the batches it would have seen.
+``start=k`` and see exactly the batches it would have seen, whatever the number of workers;
+``rows=(lo, hi)`` (:func:`process_rows` in a multi-process run) reads only a process's rows of
+every batch, the same rows the single-process batch holds there (:mod:`signgd_jax.loader`).
+Worker processes are started with the ``spawn`` method: a script that asks for them needs the
+usual ``if __name__ == "__main__":`` guard around its entry point.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
+import io
 import logging
 import os
 import tempfile
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+
+from signgd_jax.images import photo
+from signgd_jax.loader import (augment_crop_flip, batches, default_workers, epoch_order, num_batches,
+                               padded_batches, process_rows)
 
 __all__ = [
     "SUPPORTED",
@@ -90,7 +108,11 @@ __all__ = [
     "epoch_order",
     "num_batches",
     "batches",
+    "padded_batches",
+    "process_rows",
+    "default_workers",
     "augment_crop_flip",
+    "augmentation",
 ]
 
 SUPPORTED = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012", "imagenet_v2",
@@ -313,7 +335,7 @@ def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=No
     else:
         builder = tfds.builder(tfds_name(name), data_dir=data_dir)
     try:
-        source = builder.as_data_source(split=split)
+        source = _photo_source(builder, split) if spec.photos else builder.as_data_source(split=split)
     except (NotImplementedError, FileNotFoundError, AssertionError) as e:
         raise _not_prepared(name, data_dir, str(e).splitlines()[0] if str(e) else "") from e
     except (KeyError, ValueError) as e:
@@ -322,6 +344,24 @@ def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=No
             raise _not_prepared(name, data_dir) from e
         raise ValueError(f"bad split {split!r} for {name}: {str(e).splitlines()[0]}") from e
     return Dataset(name, split, source, preprocessing=preprocessing)
+
+
+def _photo_source(builder, split: str):
+    """The split's records with each photo as its stored bytes (TFDS decodes nothing):
+    :func:`signgd_jax.images.photo` decodes them with PIL in the process that reads them, a
+    loader worker. (TFDS' own decoding would use OpenCV where it is installed, whose pixels are
+    not PIL's, and keeps CMYK or grayscale modes as they are.) A source that cannot hand back
+    the bytes (TFDS' ``mock_data`` encodes its fake photos with TensorFlow) is opened with
+    TFDS' decoding instead: :func:`~signgd_jax.images.photo` takes its arrays as well."""
+    tfds = _tfds()
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints a banner when TF is missing
+            if len(source):
+                source[0]
+    except ImportError:
+        return builder.as_data_source(split=split)
+    return source
 
 
 def _check_preprocessing(name: str, preprocessing) -> None:
@@ -467,56 +507,17 @@ def _prepare_mnist5k(data_dir: str):
 # ----------------------------------------------------------------------------- dataset
 
 
-def _resize_taps(in_size: int, out_size: int, start: int, length: int):
-    """Antialiased linear-interpolation taps for outputs ``start .. start+length-1``.
+def _photo_geometry(spec: _Spec, preprocessing):
+    """The :class:`~signgd_jax.models.Preprocessing` a photo dataset's images are resized and
+    cropped with: a pretrained model's, else the dataset's own (shorter side 256, bilinear, centre
+    crop 224: torchvision's ImageNet evaluation); None for datasets of one image size."""
+    if not spec.photos:
+        return None
+    if preprocessing is not None:
+        return preprocessing
+    from signgd_jax.models.preprocessing import Preprocessing
 
-    Returns ``(index, weight)``, both ``(length, K)``: output ``o`` is
-    ``sum_k weight[o, k] * input[index[o, k]]``. The triangle kernel is widened by the
-    shrink factor when downscaling (as PIL's and ``jax.image.resize``'s antialiasing do).
-    """
-    scale = out_size / in_size
-    radius = max(1.0, 1.0 / scale)
-    centre = (np.arange(start, start + length) + 0.5) / scale - 0.5
-    k = int(np.ceil(2 * radius)) + 1
-    first = np.floor(centre - radius).astype(np.int64) + 1
-    index = first[:, None] + np.arange(k)[None, :]
-    weight = np.maximum(0.0, 1.0 - np.abs(index - centre[:, None]) / radius)
-    weight = np.where((index >= 0) & (index < in_size), weight, 0.0)
-    weight /= weight.sum(axis=1, keepdims=True)
-    return np.clip(index, 0, in_size - 1), weight.astype(np.float32)
-
-
-def _resize_centre_crop(img: np.ndarray, short: int, crop: int) -> np.ndarray:
-    """Resize so the shorter side is ``short`` (antialiased bilinear), then centre-crop."""
-    h, w = img.shape[:2]
-    if h <= w:
-        nh, nw = short, max(short, int(round(w * short / h)))
-    else:
-        nh, nw = max(short, int(round(h * short / w))), short
-    top, left = (nh - crop) // 2, (nw - crop) // 2
-    ih, wh = _resize_taps(h, nh, top, crop)
-    iw, ww = _resize_taps(w, nw, left, crop)
-    x = img.astype(np.float32)
-    x = np.einsum("okwc,ok->owc", x[ih], wh)            # rows: (crop, w, c)
-    x = np.einsum("opkc,pk->opc", x[:, iw], ww)         # cols: (crop, crop, c)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def _pretrained_geometry(img: np.ndarray, preprocessing) -> np.ndarray:
-    """One uint8 HWC image resized and centre-cropped with a pretrained model's geometry and
-    filter (:func:`signgd_jax.models.preprocessing.resize_and_crop`), rounded back to uint8."""
-    out = np.asarray(_jitted_resize_and_crop()(img[None].astype(np.float32), preprocessing))[0]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_resize_and_crop():
-    """``resize_and_crop`` compiled once per image shape (ImageNet's few common shapes dominate)."""
-    import jax
-
-    from signgd_jax.models.preprocessing import resize_and_crop
-
-    return jax.jit(resize_and_crop, static_argnums=1)
+    return Preprocessing(spec.image_shape[0], _IMAGENET_RESIZE, "bilinear", spec.mean, spec.std)
 
 
 class Dataset:
@@ -528,7 +529,8 @@ class Dataset:
     input convention the view applies (None: the dataset's own); ``ds.class_indices`` the
     model outputs its labels are (:func:`class_indices`; None: labels are outputs 0, 1, ...).
     Small datasets (all but the photo datasets) decode everything once on first access and then
-    serve from memory.
+    serve from memory (:attr:`in_memory`); photos are decoded, resized and cropped on every read
+    with :attr:`geometry` (:func:`signgd_jax.images.photo`).
     """
 
     def __init__(self, name: str, split: str, source, indices: Optional[np.ndarray] = None,
@@ -537,6 +539,7 @@ class Dataset:
         _check_preprocessing(name, preprocessing)
         self.name, self.split, self.source = name, split, source
         self.preprocessing = preprocessing
+        self.geometry = _photo_geometry(spec, preprocessing)
         self.image_shape: tuple = spec.image_shape if preprocessing is None else \
             (preprocessing.image_size, preprocessing.image_size, spec.image_shape[2])
         self.num_classes: int = spec.num_classes
@@ -577,15 +580,10 @@ class Dataset:
         images = np.empty((len(positions),) + self.image_shape, np.uint8)
         labels = np.empty((len(positions),), np.int32)
         for i, ex in enumerate(self._read(self._indices[positions])):
-            img = np.asarray(ex["image"])
-            if img.ndim == 2:
-                img = img[..., None]
-            if self.preprocessing is not None:
-                img = _pretrained_geometry(img, self.preprocessing)
-            elif img.shape != self.image_shape:
-                img = _resize_centre_crop(img, _IMAGENET_RESIZE, self.image_shape[0]) \
-                    if _spec(self.name).photos else img.reshape(self.image_shape)
-            images[i] = img
+            if self.geometry is not None:
+                images[i] = photo(ex["image"], self.geometry)
+            else:  # decoded by TFDS at the dataset's own size
+                images[i] = np.asarray(ex["image"]).reshape(self.image_shape)
             labels[i] = ex["label"]
         return images, labels
 
@@ -603,6 +601,16 @@ class Dataset:
             return self._cache[0][idx], self._cache[1][idx]
         return self._decode(idx)
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the view serves decoded images from memory (decoded once, on first access)."""
+        return self._cache_enabled
+
+    @property
+    def augmentation(self) -> dict:
+        """This dataset's training augmentation settings (:func:`augmentation`)."""
+        return augmentation(self.name)
+
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 (or 0-255 float) images -> float32 ``(x/255 - mean) / std`` per channel."""
         return (np.asarray(images, np.float32) * np.float32(1 / 255) - self._mean) * self._inv_std
@@ -618,36 +626,9 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- batching
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """Example order of an epoch: a pure function of ``(n, seed, epoch)``."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-
-
-def num_batches(n: int, batch_size: int, drop_remainder: bool) -> int:
-    return n // batch_size if drop_remainder else -(-n // batch_size)
-
-
-def augment_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
-                      flip: bool = True) -> np.ndarray:
-    """Random crop to the input size after zero-padding by ``pad``, then (if ``flip``) a
-    random horizontal flip.
-
-    ``images`` is a NHWC batch (uint8 before normalisation, so the padding is black).
-    """
-    b, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oy = rng.integers(0, 2 * pad + 1, size=b)
-    ox = rng.integers(0, 2 * pad + 1, size=b)
-    flips = rng.random(b) < 0.5
-    rows = oy[:, None] + np.arange(h)[None, :]
-    cols = ox[:, None] + np.arange(w)[None, :]
-    if flip:
-        cols = np.where(flips[:, None], cols[:, ::-1], cols)
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+# The order, batching, augmentation, per-process rows and worker processes: signgd_jax.loader
+# (epoch_order, num_batches, augment_crop_flip, batches, padded_batches, process_rows,
+# default_workers, imported above).
 
 
 def augmentation(name: str) -> dict:
@@ -656,24 +637,3 @@ def augmentation(name: str) -> dict:
     if name in ("mnist5k", "mnist", "fashion_mnist"):
         return dict(pad=2, flip=name == "fashion_mnist")
     return dict(pad=4, flip=True)
-
-
-def batches(ds: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-            epoch: int = 0, drop_remainder: bool = False, augment: bool = False,
-            start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(images, labels)``: float32 normalised NHWC images and int32 labels.
-
-    The order is :func:`epoch_order` ``(len(ds), seed, epoch, shuffle)``; with ``augment``
-    each batch gets :func:`augment_crop_flip` (settings from :func:`augmentation`) seeded by ``(seed, epoch, batch index)``.
-    ``start`` skips the first ``start`` batches (for resuming mid-epoch) without reading them.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = len(ds)
-    order = epoch_order(n, seed, epoch, shuffle)
-    for b in range(start, num_batches(n, batch_size, drop_remainder)):
-        images, labels = ds.raw(order[b * batch_size:(b + 1) * batch_size])
-        if augment:
-            rng = np.random.default_rng([int(seed), int(epoch), b, 1])
-            images = augment_crop_flip(images, rng, **augmentation(ds.name))
-        yield ds.normalize(images), labels

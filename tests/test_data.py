@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from signgd_jax import data
+from signgd_jax.images import photo
 
 
 def _hashes(images):
@@ -113,32 +114,6 @@ def test_imagenet_mocked_resize_and_crop(tmp_path):
     assert data.dataset_info("imagenet2012") == ((224, 224, 3), 1000, "train", "validation")
 
 
-def test_resize_centre_crop():
-    img = np.full((300, 500, 3), 77, np.uint8)
-    out = data._resize_centre_crop(img, 256, 224)
-    assert out.shape == (224, 224, 3) and (out == 77).all()
-    # a horizontal ramp keeps its centre value and stays monotone
-    ramp = np.tile(np.linspace(0, 255, 512)[None, :, None], (256, 1, 3)).astype(np.uint8)
-    out = data._resize_centre_crop(ramp, 256, 224)
-    assert (np.diff(out[0, :, 0].astype(int)) >= 0).all()
-    assert abs(int(out[0, 112, 0]) - 127) <= 2
-    tall = data._resize_centre_crop(np.zeros((40, 30, 3), np.uint8), 256, 224)  # upscaling
-    assert tall.shape == (224, 224, 3)
-
-
-@pytest.mark.parametrize("shape", [(375, 500, 3), (500, 333, 3), (60, 45, 3)])
-def test_resize_matches_pil_bilinear(shape):
-    from PIL import Image
-
-    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    h, w = shape[:2]
-    nh, nw = (256, round(w * 256 / h)) if h <= w else (round(h * 256 / w), 256)
-    ref = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR)).astype(int)
-    top, left = (nh - 224) // 2, (nw - 224) // 2
-    diff = np.abs(ref[top:top + 224, left:left + 224] - data._resize_centre_crop(img, 256, 224))
-    assert diff.max() <= 1 and diff.mean() < 0.3
-
-
 def test_not_prepared_and_unknown(tmp_path):
     with pytest.raises(data.DatasetNotPrepared) as e:
         data.load("cifar10", "train", data_dir=str(tmp_path))
@@ -216,6 +191,40 @@ def test_batches_order_is_pure_function_of_seed_epoch(mnist5k_dir):
     np.testing.assert_array_equal(ds.take(100).get([5])[0], ds.get([5])[0])
 
 
+# sha256 of the bytes of (images, labels) of every batch named, in order: recorded with the
+# hand-written batches() and padded_batches() of commit a823e19 (before the grain loader), so that
+# the loader's batches (training order, augmentation, normalisation, padding) stay bit for bit
+# the ones the committed results were made with.
+RECORDED_MNIST5K = {
+    "train, seed 0, epoch 0, all 31 batches": "bb6b6c85d90ff6cc2b9a77af192a49b1c88c64531571ef053b10c6e73b9d8c4f",
+    "train, seed 0, epoch 3, batches 5-7": "0023f8be23a5a948d30c3e3f241a358a98ea48dfa5865dfffd1cf518017b877a",
+    "test, in order, batches of 100": "da7f8c93c84f7e9806de4fd12b66177141334b6468e478be98f2b69dec274663",
+    "test, padded batches of 300": "b512ca99808fcf778d13e65d1006372d7981e7481f8a4f361dc9073107f1e8fd",
+}
+
+
+def test_batches_are_bit_identical_to_the_recorded_ones(mnist5k_dir):
+    def digest(arrays):
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    train = data.load("mnist5k", "train", data_dir=mnist5k_dir)
+    test = data.load("mnist5k", "test", data_dir=mnist5k_dir)
+    kw = dict(shuffle=True, seed=0, augment=True, drop_remainder=True)
+    padded = list(data.padded_batches(test, 300))
+    assert [real for _, _, real in padded] == [300, 300, 300, 100]
+    got = {
+        "train, seed 0, epoch 0, all 31 batches": digest(a for b in data.batches(train, 128, epoch=0, **kw) for a in b),
+        "train, seed 0, epoch 3, batches 5-7": digest(
+            a for b in list(data.batches(train, 128, epoch=3, start=5, **kw))[:3] for a in b),
+        "test, in order, batches of 100": digest(a for b in data.batches(test, 100) for a in b),
+        "test, padded batches of 300": digest(a for x, y, _ in padded for a in (x, y)),
+    }
+    assert got == RECORDED_MNIST5K
+
+
 def test_augment_crop_flip():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
@@ -269,9 +278,8 @@ def test_imagenet_with_a_pretrained_models_preprocessing(tmp_path):
     assert raw.shape == (5, 40, 40, 3) and raw.dtype == np.uint8
     np.testing.assert_array_equal(labels, labels2)
     assert len({s.shape for s in sources}) > 1  # mock images of several sizes, none 40x40
-    for got, src in zip(raw, sources):
-        want = np.asarray(prep.resize_and_crop(src[None].astype(np.float32), spec))[0]
-        np.testing.assert_array_equal(got, np.clip(np.rint(want), 0, 255).astype(np.uint8))
+    for got, src in zip(raw, sources):  # the checkpoint's geometry and filter (test_imaging.py: PIL's)
+        np.testing.assert_array_equal(got, photo(src, spec))
     # the checkpoint's mean and std, not ImageNet's
     expect = (raw / 255.0 - np.array(spec.mean)) / np.array(spec.std)
     np.testing.assert_allclose(images, expect, rtol=1e-5, atol=1e-5)
@@ -282,11 +290,11 @@ def test_pretrained_geometry_keeps_a_flat_image_and_crops_the_centre():
 
     flat = np.full((30, 50, 3), 77, np.uint8)
     for spec in (prep.TORCHVISION, prep.TIMM_IMAGENET, prep.VIT_JAX):
-        out = data._pretrained_geometry(flat, spec)
+        out = photo(flat, spec)
         assert out.shape == (224, 224, 3) and (out == 77).all(), spec
-    # a wide image: shorter side 256 -> 256 x 426, the centre 224 columns kept (offset 101)
-    ramp = np.tile(np.arange(426, dtype=np.uint8)[None, :, None] // 2, (256, 1, 3))
-    out = data._pretrained_geometry(ramp, prep.TORCHVISION)
+    # a wide image: shorter side 256 -> 256 x 426 (no resize), the centre 224 columns kept (offset 101)
+    ramp = np.tile(np.arange(426)[None, :, None] % 256, (256, 1, 3)).astype(np.uint8)
+    out = photo(ramp, prep.TORCHVISION)
     np.testing.assert_array_equal(out[0, :, 0], ramp[0, 101:101 + 224, 0])
 
 

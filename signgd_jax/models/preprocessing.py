@@ -1,7 +1,7 @@
 """Input conventions of pretrained checkpoints: what a published model expects its images to be.
 
 A checkpoint is only correct together with the preprocessing its publisher trained and evaluated
-it with. :class:`Preprocessing` records that convention and :func:`preprocess` applies it:
+it with. :class:`Preprocessing` records that convention:
 
     x -> resize -> centre crop (image_size x image_size) -> (x - mean) / std      per channel
 
@@ -10,10 +10,18 @@ rules occur: the shorter side to ``resize_size`` then a centre crop (torchvision
 whole image straight to ``image_size x image_size`` (``resize_size=None``; vision_transformer's
 evaluation pipeline, which also maps pixels to [-1, 1], i.e. mean = std = 0.5).
 
-Resampling uses :func:`jax.image.resize` (antialiased when shrinking) with the publisher's
-filter (bilinear or bicubic); it is not bit-identical to PIL/torchvision resizing, which work on
-uint8 images, so accuracies can differ from the published ones in the last decimal. The crop
-geometry and normalisation are the publishers' exactly.
+The geometry is two rules, :func:`resized_shape` (torchvision's ``Resize``) and
+:func:`crop_offsets` (torchvision's ``CenterCrop``), shared by the two implementations:
+
+- on the host, :func:`signgd_jax.images.photo`: decodes a stored photo and resizes the uint8
+  image with PIL and the publisher's filter, as torchvision and timm do, so its pixels are the
+  publishers' own; no compilation, whatever the image's shape. :func:`signgd_jax.data.load`
+  reads every photo dataset through it (``load(..., preprocessing=p)``);
+- on the device, :func:`preprocess` (this module): a jit-able JAX function for a batch of
+  images already in memory, e.g. in a model's own forward pass. It resamples float images with
+  :func:`jax.image.resize` (antialiased when shrinking) and the same filter, which is close to
+  PIL's but not bit-identical (accuracies can differ in the last decimal), and it compiles once
+  per input shape.
 """
 from __future__ import annotations
 
@@ -81,8 +89,10 @@ def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def resize_and_crop(images, spec: Preprocessing):
-    """The geometric part of ``spec``: float ``[B, H, W, C]`` -> ``[B, image_size, image_size, C]``
-    (resize, then centre crop). Linear in the pixel values, so it commutes with scaling to [0, 1]."""
+    """The geometric part of ``spec`` on the device: float ``[B, H, W, C]`` -> ``[B, image_size,
+    image_size, C]`` (resize with :func:`jax.image.resize`, then centre crop). Linear in the pixel
+    values, so it commutes with scaling to [0, 1]. The host's PIL version, with the publishers'
+    exact pixels: :func:`signgd_jax.images.resize_and_crop`."""
     images = jnp.asarray(images, jnp.float32)
     height, width = images.shape[1:3]
     new_h, new_w = resized_shape(height, width, spec)
@@ -103,8 +113,9 @@ def normalize(images, spec: Preprocessing):
 
 
 def preprocess(images, spec: Preprocessing):
-    """Applies ``spec`` to a batch ``[B, H, W, 3]`` (uint8 in [0, 255] or float in [0, 1]);
-    returns float32 ``[B, image_size, image_size, 3]``. Pure; ``jit``-able for fixed shapes."""
+    """Applies ``spec`` to a batch ``[B, H, W, 3]`` (uint8 in [0, 255] or float in [0, 1]) on the
+    device; returns float32 ``[B, image_size, image_size, 3]``. Pure; ``jit``-able, compiled once
+    per input shape. (The datasets' host pipeline is :func:`signgd_jax.images.photo`.)"""
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected NHWC RGB images [B, H, W, 3], got shape {images.shape}")
