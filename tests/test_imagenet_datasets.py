@@ -7,6 +7,7 @@ sizes, read through the same array_record data source as real data, without Tens
 ``tfds build`` is a fake ``tfds`` script on PATH.
 """
 import io
+import json
 import os
 import stat
 import sys
@@ -230,3 +231,144 @@ def test_imagenet2012_and_a_missing_tfds_are_refused_without_running_anything(tm
     with pytest.raises(prepare.PrepareFailed, match="the tfds command of tensorflow-datasets is not on PATH"):
         prepare.prepare("cifar10", str(tmp_path / "tfds"))
     assert not calls.exists()
+
+
+# ----------------------------------------------------------------------------- signgd-convert
+
+
+TINY_MODULE = "tiny_imagenet_nets"
+TINY_SOURCE = '''
+import flax.linen as fnn
+from signgd_jax import nn as snn
+
+
+class TinyPhotoNet(fnn.Module):
+    num_classes: int = 1000
+
+    @fnn.compact
+    def __call__(self, x, train=False):
+        x = snn.relu(fnn.Conv(4, (16, 16), strides=(16, 16))(x))
+        return fnn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+def tiny(num_classes):
+    return TinyPhotoNet(num_classes)
+'''
+
+
+class PhotoStandIn:
+    """Every dataset replaced by six random RGB photos of different sizes (all splits); labels
+    settable, so a test can know how many the ANN gets right."""
+
+    def __init__(self):
+        rng = np.random.default_rng(1)
+        sizes = [(40, 52), (33, 33), (64, 48), (20, 71), (45, 30), (37, 60)]
+        self.images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+        self.labels = [0] * len(sizes)
+
+    def __call__(self, *args, **kwargs):  # patched over DatasetBuilder.as_data_source (unbound)
+        return [dict(image=im, label=int(lab)) for im, lab in zip(self.images, self.labels)]
+
+
+@pytest.fixture(scope="module")
+def imagenet_workdir(tmp_path_factory):
+    """A tiny 1000-way model trained for one step on (stand-in) imagenet2012 photos of class 999,
+    which is none of Imagenette's: its largest logit is then no Imagenette class."""
+    from signgd_jax.commands import train
+
+    root = tmp_path_factory.mktemp("imagenet_datasets")
+    (root / f"{TINY_MODULE}.py").write_text(TINY_SOURCE)
+    sys.path.insert(0, str(root))
+    try:
+        class_999 = PhotoStandIn()
+        class_999.labels = [999] * len(class_999.labels)
+        with tfds.testing.mock_data(as_data_source_fn=class_999):
+            train.run(train.TrainConfig(model=f"{TINY_MODULE}:tiny", workdir=str(root / "run"), dataset="imagenet2012",
+                                        epochs=1, batch_size=2, limit_train=2, limit_test=2,
+                                        data_dir=str(root / "tfds"), progress=False), log=lambda m: None)
+        yield root
+    finally:
+        sys.path.remove(str(root))
+
+
+def test_convert_on_imagenette_scores_an_imagenet_model_over_its_10_classes(imagenet_workdir, capsys, monkeypatch):
+    import signgd_jax.commands.evaluate.core as core
+    from signgd_jax.commands import train
+    from signgd_jax.commands.evaluate.cli import main
+
+    root, stand_in = imagenet_workdir, PhotoStandIn()
+    data_dir, workdir = str(imagenet_workdir / "tfds"), imagenet_workdir / "run"
+    model, variables, config = train.load_trained(str(workdir))
+    assert config["num_classes"] == 1000
+    simulate, recorded = core.signgd_jax.simulate, []
+
+    def recording(*args, **kwargs):
+        out = simulate(*args, **kwargs)
+        recorded.append(np.asarray(out[0]))
+        return out
+
+    monkeypatch.setattr(core.signgd_jax, "simulate", recording)
+    with tfds.testing.mock_data(as_data_source_fn=stand_in):
+        images, _ = data.load("imagenette", "test", data_dir).get(np.arange(6))
+        logits = np.asarray(model.apply(variables, images, train=False))
+        subset = logits[:, list(IMAGENETTE_IN_IMAGENET)].argmax(-1)
+        labels = subset.copy()
+        labels[[1, 4]] = (labels[[1, 4]] + 1) % 10  # the ANN is right on 4 of the 6 over the 10 classes
+        stand_in.labels = list(labels)
+        status = main(["--workdir", str(workdir), "--dataset", "imagenette", "--data-dir", data_dir, "--limit", "6",
+                       "--batch-size", "6", "--calibration-batches", "1", "--calibration-batch-size", "2",
+                       "--timesteps", "1,4", "--dynamics", "improved", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0
+    rule = "the 10 imagenette classes (argmax over their imagenet2012 logits; labels 0..9)"
+    assert f"accuracy over {rule}" in out
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["accuracy_over"] == rule and results["class_indices"] == list(IMAGENETTE_IN_IMAGENET)
+    assert results["ann"] == dict(accuracy=4 / 6, correct=4)
+    assert np.sum(logits.argmax(-1) == labels) < 4  # the argmax over all 1000 outputs scores otherwise
+    snn_logits = recorded[0][:, :6]  # [T, images, 1000]
+    by_hand = {str(t): int(np.sum(snn_logits[k][:, list(IMAGENETTE_IN_IMAGENET)].argmax(-1) == labels))
+               for k, t in enumerate((1, 4))}
+    assert results["dynamics"]["improved"]["correct"] == by_hand
+
+
+def test_convert_on_imagenet_v2_calibrates_on_imagenet_training_images(imagenet_workdir, capsys, monkeypatch):
+    from signgd_jax.commands.evaluate.cli import main
+
+    opened = []
+    load = data.load
+    monkeypatch.setattr(data, "load", lambda name, split, *a, **k: opened.append((name, split)) or
+                        load(name, split, *a, **k))
+    with tfds.testing.mock_data(as_data_source_fn=PhotoStandIn()):
+        assert main(["--workdir", str(imagenet_workdir / "run"), "--dataset", "imagenet_v2", "--data-dir",
+                     str(imagenet_workdir / "tfds"), "--limit", "2", "--calibration-batches", "1",
+                     "--calibration-batch-size", "2", "--timesteps", "1", "--dynamics", "improved",
+                     "--no-progress"]) == 0
+    assert opened == [("imagenet2012", "train"), ("imagenet_v2", "test")]
+    results = json.loads((imagenet_workdir / "run" / "results.json").read_text())
+    assert results["dataset"] == "imagenet_v2" and results["calibration"]["dataset"] == "imagenet2012"
+    assert "accuracy_over" not in results and "accuracy over" not in capsys.readouterr().out
+
+
+def test_convert_refuses_a_model_whose_outputs_do_not_fit(imagenet_workdir, capsys):
+    from signgd_jax.commands.evaluate.cli import main
+
+    workdir = str(imagenet_workdir / "run")
+    assert main(["--workdir", workdir, "--dataset", "cifar10", "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("error: dataset 'cifar10' (32x32x3 images, 10 classes) does not fit the "
+                                       "model trained on 'imagenet2012' (224x224x3 images, 1000 classes)\n")
+
+
+def test_convert_prepare_runs_tfds_build_and_reports_failure_in_one_line(tmp_path, monkeypatch, capsys):
+    from signgd_jax.commands.evaluate.cli import main
+
+    calls = _fake_tfds(tmp_path, monkeypatch, 'echo "ModuleNotFoundError: No module named \'tensorflow\'" >&2\n'
+                                              'exit 1')
+    target = str(tmp_path / "tfds")
+    assert main(["--dataset", "imagenet_v2", "--prepare", "--data-dir", target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: `tfds build imagenet_v2/matched-frequency --file_format array_record --data_dir "
+                          f"{target}` failed (exit 1): ModuleNotFoundError: No module named 'tensorflow'; ")
+    assert calls.read_text() == f"build imagenet_v2/matched-frequency --file_format array_record --data_dir {target}\n"
+    assert main(["--dataset", "imagenet2012", "--prepare"]) == 2
+    assert "--manual_dir TARS" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 evaluate, report.
 
 ``signgd-convert --model NAME --weights FILE [--workdir DIR] [options]``: the same for published
-ImageNet weights (:func:`signgd_jax.models.from_checkpoint`), evaluated on imagenet2012 with the
+ImageNet weights (:func:`signgd_jax.models.from_checkpoint`), evaluated on imagenet2012 (or
+``--dataset imagenet_v2`` / ``imagenette``, Imagenette scored over its 10 classes' logits) with the
 checkpoint's preprocessing; DIR (default ``./convert_NAME``, created if missing) holds the
 progress and the results. Calibration: ``--calibration-batches`` (default 100, as the paper) of
 ``--calibration-batch-size`` (default 32) training images. ``--pretrained REPO_ID`` instead of
@@ -16,6 +17,10 @@ heatmap per dynamics and T (DIR/sweep_<dynamics>_T<t>.png). ``--diagnose``: each
 against the ANN per time-step (:func:`signgd_jax.diagnose.layer_errors`) into results.json and
 DIR/layer_errors.png. ``--schedule auto``: each T simulated with its own exponential schedule,
 chosen on calibration images (:func:`signgd_jax.tune_schedule`), recorded in results.json.
+
+``signgd-convert --dataset NAME --prepare [--data-dir DIR]``: prepare a public dataset as
+array_record with TFDS' own builder, ``tfds build`` in a subprocess (:func:`signgd_jax.prepare.prepare`;
+it needs TensorFlow, as Colab has, and the network), then exit.
 
 Exit status: 0 done; 2 bad input (unknown dataset / dynamics / codec, bad time-steps, missing,
 corrupt or mismatched checkpoint, dataset not prepared, NaN or Inf images, workdir in use by
@@ -70,7 +75,8 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
     a("--model", default=None, help="with --weights: the zoo ImageNet model the weights are for, e.g. "
       "convnext_small or resnet18 (default: none, evaluate --workdir's trained model)")
     a("--weights", default=None, metavar="FILE", help="published weights (.safetensors, .npz, .pth) of --model, "
-      "evaluated on imagenet2012 without a training workdir (default: none)")
+      "evaluated on imagenet2012 (or --dataset imagenet_v2 or imagenette) without a training workdir "
+      "(default: none)")
     a("--pretrained", default=None, metavar="REPO_ID", help="instead of --model and --weights: a timm repository "
       "of the Hugging Face Hub, e.g. timm/convnext_small.fb_in1k (fetched into the Hugging Face cache; needs "
       "pip install 'signgd-jax[hub]'), evaluated like --weights (default: none)")
@@ -80,6 +86,9 @@ def parser(prog: str = "signgd-convert") -> argparse.ArgumentParser:
       "config.json; imagenet2012 with --weights)")
     a("--data-dir", default=None, help="TFDS data dir (default: the training run's, else the "
       "signgd_jax.data default)")
+    a("--prepare", action="store_true", help="only prepare --dataset as array_record in --data-dir with TFDS' "
+      "own builder (`tfds build` in a subprocess; needs TensorFlow, which Colab has, and the network), then exit "
+      "(default: off)")
     a("--timesteps", default=_DEFAULT_TS, help=f"comma-separated positive integers (default: {_DEFAULT_TS})")
     a("--dynamics", default=",".join(DEFAULT_DYNAMICS), help="comma-separated subset of paper, improved, if, qcfs "
       "(QCFS-trained networks), ecmt (expectation compensation + multi-threshold neurons) (default: %(default)s)")
@@ -178,10 +187,26 @@ def _interrupted(args, workdir: str) -> int:
     return 130
 
 
+def _prepare_dataset(args, p) -> int:
+    """``--prepare``: :func:`signgd_jax.prepare.prepare` of ``--dataset``; 2 with one line on failure."""
+    from signgd_jax.data import DatasetNotPrepared
+    from signgd_jax.prepare import prepare
+
+    if args.dataset is None:
+        p.error("--prepare needs --dataset NAME")
+    try:
+        prepare(args.dataset, args.data_dir, log=lambda m: print(m, flush=True))
+    except (DatasetNotPrepared, ValueError) as e:  # PrepareFailed included
+        return fail(e)
+    return 0
+
+
 def main(argv=None, prog: str = "signgd-convert") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = parser(prog)
     args = p.parse_args(argv)
+    if args.prepare:
+        return _prepare_dataset(args, p)
     workdir = _targets(args, p)
     from signgd_jax.commands.evaluate import core
     from signgd_jax.commands.evaluate.report import accuracy_table, sweep_table

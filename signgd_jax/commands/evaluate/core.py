@@ -19,6 +19,7 @@ import numpy as np
 
 import signgd_jax
 from signgd_jax import data, metrics
+from signgd_jax.class_subset import predict as predict_class
 from signgd_jax.convert import as_apply_fn
 from signgd_jax.dynamics import get as get_dynamics
 from signgd_jax.commands.common import one_line, progress_bar
@@ -61,17 +62,25 @@ def check_dataset(name: str, config: dict) -> None:
     shape, classes, _, _ = data.dataset_info(name)
     want_shape = tuple(config.get("image_shape", shape))
     want_classes = int(config.get("num_classes", classes))
-    if tuple(shape) != want_shape or classes != want_classes:
+    try:  # its own classes, or a subset of them (imagenette's 10 of an ImageNet model's 1000)
+        data.output_classes(name, want_classes)
+        fits = tuple(shape) == want_shape
+    except ValueError:
+        fits = False
+    if not fits:
         raise ConvertError(f"dataset {name!r} ({'x'.join(map(str, shape))} images, {classes} classes) does not "
                            f"fit the model trained on {config.get('dataset')!r} "
                            f"({'x'.join(map(str, want_shape))} images, {want_classes} classes)")
 
 
-def load_splits(name: str, data_dir: Optional[str]):
-    """``(train, test)`` :class:`signgd_jax.data.Dataset` views; ConvertError if not prepared."""
-    _, _, train_split, test_split = data.dataset_info(name)
+def load_splits(name: str, data_dir: Optional[str], preprocessing=None):
+    """``(calibration, test)`` :class:`signgd_jax.data.Dataset` views: the calibration images are
+    :func:`signgd_jax.data.calibration_split`'s (the training split; imagenet2012's for
+    imagenet_v2); ConvertError if not prepared."""
+    calibration_name, calibration_split = data.calibration_split(name)
     try:
-        return data.load(name, train_split, data_dir), data.load(name, test_split, data_dir)
+        return (data.load(calibration_name, calibration_split, data_dir, preprocessing=preprocessing),
+                data.load(name, "test", data_dir, preprocessing=preprocessing))
     except data.DatasetNotPrepared as e:
         raise ConvertError(one_line(e)) from None
 
@@ -162,10 +171,11 @@ def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: i
 
 
 def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool,
-                 store: Optional[ProgressStore] = None) -> int:
-    """Number of test images the ANN classifies correctly; ConvertError on NaN or Inf images."""
+                 store: Optional[ProgressStore] = None, classes: Optional[tuple] = None) -> int:
+    """Number of test images the ANN classifies correctly (over ``classes`` only, see
+    :func:`signgd_jax.class_subset.predict`); ConvertError on NaN or Inf images."""
     apply_fn = as_apply_fn(model)
-    predict = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x), -1))
+    predict = jax.jit(lambda v, x: predict_class(apply_fn(v, x), classes))
     variables = dp.replicate(variables)
 
     def update(sums, i, images, labels, k):  # runs over every test image before any simulation
@@ -181,8 +191,10 @@ _COUNT = "count:"  # prefix of a site's spike counts among the running sums
 
 
 def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParallel, progress: bool,
-                 desc: str, seed: int = 0, dtype: Optional[str] = None, store: Optional[ProgressStore] = None):
-    """``(correct per time-step, spike counts per site, batches resumed)`` over the test images.
+                 desc: str, seed: int = 0, dtype: Optional[str] = None, store: Optional[ProgressStore] = None,
+                 classes: Optional[tuple] = None):
+    """``(correct per time-step, spike counts per site, batches resumed)`` over the test images
+    (a prediction is the argmax over ``classes`` only, as :func:`evaluate_ann`'s).
 
     Spike counts come from the same simulate call (T = max(timesteps)), summed over the real
     images only: the zero images that pad the last batch are subtracted with the counts of an
@@ -196,7 +208,7 @@ def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParall
         logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timesteps=timesteps,
                                                    key=jax.random.fold_in(base_key, i),
                                                    return_spike_counts=True, dtype=dtype)
-        correct = dp.count_correct(jnp.argmax(logits, -1), labels)  # [len(timesteps)]; pads: label -1
+        correct = dp.count_correct(predict_class(logits, classes), labels)  # [len(timesteps)]; pads: label -1
         out = dict(correct=sums.get("correct", 0) + correct)
         for name, c in batch_counts.items():
             out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + dp.to_host(c).astype(np.float64)
@@ -274,8 +286,8 @@ def load_hub(repo_id: str):
 
 def load_pretrained_target(settings: ConvertSettings) -> tuple[ConvertSettings, Loaded]:
     """Published ImageNet weights (``settings.weights`` of ``settings.model``, or the Hub repository
-    ``settings.repo_id``: the results record it and its commit) on imagenet2012 with the checkpoint's
-    own preprocessing."""
+    ``settings.repo_id``: the results record it and its commit) on imagenet2012 (or
+    ``settings.dataset``: imagenet_v2, imagenette) with the checkpoint's own preprocessing."""
     hub = {}
     if settings.repo_id is not None:
         loaded = load_hub(settings.repo_id)
@@ -286,12 +298,7 @@ def load_pretrained_target(settings: ConvertSettings) -> tuple[ConvertSettings, 
         model_name, weights = settings.model, settings.weights
         model, variables, preprocessing, source = load_pretrained(model_name, weights, settings.source)
     dataset = settings.dataset or PRETRAINED_DATASET
-    _, _, train_split, test_split = data.dataset_info(dataset)
-    try:
-        train_ds = data.load(dataset, train_split, settings.data_dir, preprocessing=preprocessing)
-        test_ds = data.load(dataset, test_split, settings.data_dir, preprocessing=preprocessing)
-    except data.DatasetNotPrepared as e:
-        raise ConvertError(one_line(e)) from None
+    train_ds, test_ds = load_splits(dataset, settings.data_dir, preprocessing)
     stat = os.stat(weights)
     pretrained = dict(weights=os.path.abspath(weights), source=source,
                       preprocessing=dataclasses.asdict(preprocessing), **hub)
@@ -350,12 +357,13 @@ def layer_error_numbers(errors) -> dict:
                 ann_scale={k: float(v) for k, v in errors.ann_scale.items()})
 
 
-def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp: DataParallel, dtype) -> dict:
+def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp: DataParallel, dtype,
+              classes: Optional[tuple] = None) -> dict:
     """The accuracy grid of one SNN over the test images: ``[len(eta0), len(gamma), len(timesteps)]``
-    from :func:`signgd_jax.sweep` (one compiled ``vmap`` over the grid per batch), with the best
-    point per T."""
+    from :func:`signgd_jax.sweep` (one compiled ``vmap`` over the grid per batch; over ``classes``
+    only), with the best point per T."""
     accuracy = signgd_jax.sweep(snn, _test_batches(test_ds, batch_size), eta0=eta0s, gamma=gammas,
-                                timesteps=timesteps, dtype=dtype, devices=dp.devices)
+                                timesteps=timesteps, dtype=dtype, devices=dp.devices, classes=classes)
     best = {}
     for k, t in enumerate(timesteps):
         i, j = np.unravel_index(int(np.argmax(accuracy[:, :, k])), accuracy.shape[:2])
@@ -366,14 +374,16 @@ def run_sweep(snn, test_ds, batch_size: int, timesteps: tuple, eta0s, gammas, dp
 @dataclasses.dataclass(frozen=True)
 class _Setup:
     """What every dynamics of one evaluation shares: the (limited) test view, the calibration
-    batches, the devices and evaluation batch size, the progress store (None: nothing resumed) and
-    when loading ended."""
+    batches, the devices and evaluation batch size, the progress store (None: nothing resumed),
+    when loading ended, and the model outputs the labels stand for (:func:`signgd_jax.data.output_classes`;
+    None: all of them)."""
     test_ds: object
     calib: list
     dp: DataParallel
     eval_batch: int
     store: Optional[ProgressStore]
     t_loaded: float
+    classes: Optional[tuple] = None
 
 
 def _check_processes(settings: ConvertSettings) -> None:
@@ -410,11 +420,25 @@ def _prepare(loaded: Loaded, settings: ConvertSettings, *, devices: Optional[Seq
     log(f"{loaded.identity['model']} on {test_ds.name}: {len(test_ds)} test images; calibration: {len(calib)} "
         f"batches, {sum(len(b) for b in calib)} training images; batch {eval_batch} over {dp.size} device(s) "
         f"({jax.default_backend()})")
+    classes = _scored_classes(loaded, test_ds.name, calib[0][:1])
+    if classes is not None:
+        log(f"accuracy over {data.accuracy_rule(test_ds.name, classes)}")
     store = None
     if resume:
         store = ProgressStore(settings.workdir, _progress_identity(loaded, settings, test_ds, eval_batch, calib),
                               save_every_s, log)
-    return _Setup(test_ds, calib, dp, eval_batch, store, t_loaded)
+    return _Setup(test_ds, calib, dp, eval_batch, store, t_loaded, classes)
+
+
+def _scored_classes(loaded: Loaded, dataset: str, sample) -> Optional[tuple]:
+    """The model outputs the labels of ``dataset`` stand for (:func:`signgd_jax.data.output_classes`
+    of the model's output count, read off ``sample``); ConvertError (one line) for a count that
+    does not fit."""
+    outputs = jax.eval_shape(as_apply_fn(loaded.model), loaded.variables, sample).shape[-1]
+    try:
+        return data.output_classes(dataset, outputs)
+    except ValueError as e:
+        raise ConvertError(one_line(e)) from None
 
 
 def _refusal(error) -> str:
@@ -448,7 +472,7 @@ def _sweep_dynamics(loaded: Loaded, name: str, setup: _Setup, settings: ConvertS
     t1 = time.perf_counter()
     try:
         entry = run_sweep(snn, setup.test_ds, setup.eval_batch, settings.timesteps, *settings.grid, setup.dp,
-                          settings.simulate_dtype)
+                          settings.simulate_dtype, setup.classes)
     except ValueError as e:  # e.g. 'if': eta_t = 1/(t+1), nothing to sweep
         return unsupported(e)
     entry["timings"] = dict(convert_s=round(t1 - t0, 3), sweep_s=round(time.perf_counter() - t1, 3))
@@ -491,7 +515,7 @@ def _evaluate_dynamics(loaded: Loaded, name: str, setup: _Setup, settings: Conve
     t_tuned = time.perf_counter()
     correct, counts, resumed = evaluate_tuned(snn, choice, test_ds, setup.eval_batch, timesteps, setup.dp,
                                               settings.progress, name, dtype=settings.simulate_dtype,
-                                              store=setup.store)
+                                              store=setup.store, classes=setup.classes)
     t2 = time.perf_counter()
     stats = metrics.spike_statistics(snn, counts, n, max(timesteps), calib[0][:1])
     t3 = time.perf_counter()
@@ -527,9 +551,13 @@ def _assemble_results(loaded: Loaded, settings: ConvertSettings, setup: _Setup, 
                       batch_size=s.batch_size, eval_batch_size=setup.eval_batch, limit=s.limit,
                       data_dir=s.data_dir),
         calibration=dict(split="train", batches=len(calib), batch_size=s.calibration_batch_size,
-                         images=sum(len(b) for b in calib), seed=CALIBRATION_SEED),
+                         images=sum(len(b) for b in calib), seed=CALIBRATION_SEED,
+                         **({} if loaded.train_ds.name == setup.test_ds.name else dict(dataset=loaded.train_ds.name))),
         ann=dict(accuracy=ann_correct / n, correct=ann_correct),
     )
+    if setup.classes is not None:  # the ANN and every SNN: the argmax over these outputs only
+        results.update(accuracy_over=data.accuracy_rule(setup.test_ds.name, setup.classes),
+                       class_indices=list(setup.classes))
     results.update(evaluated)
     results.update(timings=timings, machine=machine_info())
     return results
@@ -569,7 +597,7 @@ def evaluate_model(loaded: Loaded, settings: ConvertSettings, *, log: Callable[[
     setup = _prepare(loaded, settings, devices=devices, resume=resume and not settings.sweeping,
                      save_every_s=save_every_s, log=log)
     ann_correct = evaluate_ann(loaded.model, loaded.variables, setup.test_ds, setup.eval_batch, setup.dp,
-                               settings.progress, setup.store)
+                               settings.progress, setup.store, setup.classes)
     t_ann = time.perf_counter()
     evaluated = _evaluate_every_dynamics(loaded, setup, settings, log)
     t_end = time.perf_counter()

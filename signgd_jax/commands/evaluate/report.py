@@ -38,7 +38,12 @@ def accuracy_table(results: dict, timesteps: Optional[Sequence[int]] = None) -> 
              for row in [header, *rows]]
     title = (f"accuracy (%) of {results['model']} on {results['dataset']}, {results['num_test_images']} test "
              f"images (the ANN row repeats the ANN's accuracy for reference)")
-    return "\n".join([title, *lines, *notes])
+    return "\n".join([title, *_accuracy_over(results), *lines, *notes])
+
+
+def _accuracy_over(results: dict) -> list[str]:
+    """The line saying which outputs the accuracy is taken over, when not all of them."""
+    return [f"accuracy over {results['accuracy_over']}"] if results.get("accuracy_over") else []
 
 
 _MARKERS = {"paper": "o", "improved": "s", "if": "^"}
@@ -117,7 +122,7 @@ def sweep_table(results: dict) -> str:
     sweep = results["sweep"]
     lines = [f"sweep of {results['model']} on {results['dataset']}, {results['num_test_images']} test images: "
              f"{len(sweep['eta0'])} eta0 x {len(sweep['gamma'])} gamma values (ANN "
-             f"{percent(results['ann']['accuracy'])}%); best point per T"]
+             f"{percent(results['ann']['accuracy'])}%); best point per T", *_accuracy_over(results)]
     for name, r in sweep["dynamics"].items():
         if not r["supported"]:
             lines.append(f"{name}: n/a ({r['reason']})")

@@ -65,6 +65,21 @@ def parse_grid(name: str, text: str | Sequence[float] | None) -> Optional[tuple[
     return tuple(round(float(v), 12) for v in values)
 
 
+def imagenet_datasets() -> tuple[str, ...]:
+    """The datasets published ImageNet weights (1000 outputs) are evaluated on: ImageNet's classes,
+    or some of them (:func:`signgd_jax.data.output_classes`)."""
+    from signgd_jax import data
+
+    def takes_imagenet_models(name: str) -> bool:
+        try:
+            data.output_classes(name, data.dataset_info(PRETRAINED_DATASET)[1])
+        except ValueError:
+            return False
+        return True
+
+    return tuple(name for name in data.SUPPORTED if takes_imagenet_models(name))
+
+
 def _positive(name: str, value, allow_none: bool = False) -> Optional[int]:
     if value is None and allow_none:
         return None
@@ -181,9 +196,9 @@ class ConvertSettings:
             raise ConvertError(f"unknown codec {self.codec!r}; supported: {', '.join(CODECS)}")
         if self.dataset is not None and self.dataset not in data.SUPPORTED:  # before the (slow) checkpoint load
             raise ConvertError(f"unknown dataset {self.dataset!r}; supported: {', '.join(data.SUPPORTED)}")
-        if self.pretrained and self.dataset not in (None, PRETRAINED_DATASET):
-            raise ConvertError(f"pretrained ImageNet weights are evaluated on {PRETRAINED_DATASET}, not "
-                               f"{self.dataset!r}")
+        if self.pretrained and self.dataset is not None and self.dataset not in imagenet_datasets():
+            raise ConvertError(f"pretrained ImageNet weights are evaluated on {', '.join(imagenet_datasets())}, "
+                               f"not {self.dataset!r}")
         if not (self.eta0 > 0 and 0 < self.gamma <= 1):
             raise ConvertError(f"need eta0 > 0 and 0 < gamma <= 1, got eta0={self.eta0!r}, gamma={self.gamma!r}")
         levels = _positive("spike-levels", self.spike_levels, allow_none=True)

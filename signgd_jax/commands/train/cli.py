@@ -79,7 +79,8 @@ def parser(prog: str = "signgd-train") -> argparse.ArgumentParser:
     a("--augment", action=argparse.BooleanOptionalAction, default=None,
       help="random shifts (zero-pad, then crop) of the training images: up to 2 pixels for "
       "mnist5k and mnist, never mirrored; up to 2 pixels plus horizontal flips for fashion_mnist; "
-      "up to 4 pixels plus horizontal flips for cifar10, cifar100 and imagenet2012 (default: "
+      "up to 4 pixels plus horizontal flips for cifar10, cifar100, imagenet2012 and imagenette (imagenet_v2 is "
+      "a test set, not trained on) (default: "
       "recipe: on for the LayerNorm/GELU minis, else on for cifar10 "
       "and cifar100 only)")
     a("--seed", type=int, default=0, help="initialisation, data order and augmentation seed"
