@@ -96,6 +96,7 @@ __all__ = [
     "SUPPORTED",
     "DatasetNotPrepared",
     "MissingExtra",
+    "NoTrainingSplit",
     "Dataset",
     "dataset_info",
     "tfds_name",
@@ -132,6 +133,10 @@ DATA_EXTRA = "pip install 'signgd-jax[data]'"
 
 class MissingExtra(DatasetNotPrepared, ImportError):
     """Preparing the dataset needs a package of an optional extra that is not installed."""
+
+
+class NoTrainingSplit(DatasetNotPrepared, ValueError):
+    """A test set without a training split (imagenet_v2) was asked for one."""
 
 
 def _require_mlxtend():
@@ -319,14 +324,14 @@ def load(name: str, split: str, data_dir: Optional[str] = None, preprocessing=No
     array_record files are not in the data directory. Unknown names raise ``ValueError``.
     ``preprocessing``: a pretrained model's input convention (photo datasets only; see the
     module docstring). A test set without a training split (imagenet_v2) refuses ``"train"``
-    with a ``ValueError`` naming :func:`calibration_split`'s stand-in.
+    with :class:`NoTrainingSplit` naming :func:`calibration_split`'s stand-in.
     """
     spec = _spec(name)
     _check_preprocessing(name, preprocessing)
     if split == "test":
         split = spec.test_split
     if spec.train_split is None and split in (None, "train"):
-        raise ValueError(f"{name} is a test set without a training split; calibrate and train on "
+        raise NoTrainingSplit(f"{name} is a test set without a training split; calibrate and train on "
                          f"{':'.join(calibration_split(name))} instead")
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir(name)
     tfds = _tfds()

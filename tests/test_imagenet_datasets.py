@@ -42,9 +42,19 @@ def test_both_datasets_are_in_the_table_and_the_command_line():
     assert data.calibration_split("imagenette") == ("imagenette", "train")
     help_text = " ".join(parser().format_help().split())
     assert "imagenet2012, imagenet_v2 or imagenette" in help_text
-    with pytest.raises(ValueError, match="imagenet_v2 is a test set without a training split; calibrate and "
-                                         "train on imagenet2012:train instead"):
+    with pytest.raises(data.NoTrainingSplit, match="imagenet_v2 is a test set without a training split; "
+                                                  "calibrate and train on imagenet2012:train instead"):
         data.load("imagenet_v2", "train")
+
+
+def test_training_on_imagenet_v2_is_one_line(tmp_path, capsys):
+    from signgd_jax.commands.train.cli import main
+
+    assert main(["--model", "resnet_mini", "--dataset", "imagenet_v2", "--workdir", str(tmp_path / "run"),
+                 "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("error: imagenet_v2 is a test set without a training split; calibrate and "
+                                       "train on imagenet2012:train instead\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_imagenette_labels_are_their_imagenet_classes():
