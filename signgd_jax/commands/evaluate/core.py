@@ -119,7 +119,7 @@ def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIB
     drop = len(train_ds) >= batch_size
     out = []
     for images, _ in data.batches(train_ds, batch_size, shuffle=True, seed=seed, epoch=0,
-                                  drop_remainder=drop):
+                                  drop_remainder=drop, workers=data.default_workers(train_ds, count)):
         check_finite(images, f"calibration batch {len(out)} of the {train_ds.name} training split")
         out.append(images)
         if len(out) == count:

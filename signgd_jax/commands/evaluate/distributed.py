@@ -25,9 +25,11 @@ devices ordered by process. Process ``p``, whose devices hold mesh positions
 test split for batch ``i`` (:func:`share_bounds`, :func:`share_positions`) and nothing else, so
 every global batch holds the same images in the same order as in a single-process run: the
 stochastic codec's noise, the zero-image padding of the last batch and all tallies are those of
-the single-process run. (TFDS's per-process split, ``tfds.split_for_jax_process``, gives each
-process a contiguous range of the split instead: the batches, hence the stochastic noise and
-the padding, would then depend on the number of processes.) The tallies (correct answers per
+the single-process run; the reading is the loader's (:func:`signgd_jax.data.padded_batches` with
+``rows``, photos decoded in its worker processes). (TFDS's per-process split,
+``tfds.split_for_jax_process``, and grain's ``ShardByJaxProcess`` give each process a contiguous
+range of the split instead: the batches, hence the stochastic noise and the padding, would then
+depend on the number of processes.) The tallies (correct answers per
 time-step, spike counts per site) are summed inside the jitted computation and come back as
 replicated values, the same on every process. Process 0 alone takes the workdir lock, keeps
 the progress files (its saved tallies are broadcast to the others when a run resumes:
@@ -56,7 +58,6 @@ to a multiple of the device count, stays the same; otherwise it starts over).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -66,6 +67,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+
+from signgd_jax import data
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -185,36 +188,14 @@ def share_positions(n: int, batch_size: int, lo: int, hi: int) -> list[np.ndarra
     return [np.arange(start + lo, min(start + hi, n)) for start in range(0, n, batch_size)]
 
 
-def _subset(ds, positions: np.ndarray):
-    """The view of ``ds`` (a :class:`signgd_jax.data.Dataset`) at ``positions``: only these
-    examples are ever read or decoded by this process. (A copy with other indices, so every
-    other setting of the view, e.g. a pretrained model's preprocessing, carries over.)"""
-    view = copy.copy(ds)
-    view._indices = np.asarray(ds._indices)[positions]
-    view._cache = None if ds._cache is None else (ds._cache[0][positions], ds._cache[1][positions])
-    return view
-
-
-def local_batches(ds, batch_size: int, lo: int, hi: int, first: int = 0
+def local_batches(ds, batch_size: int, lo: int, hi: int, first: int = 0, workers: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """This process's rows ``[lo, hi)`` of every padded global batch from batch ``first`` on:
-    ``(images, labels, n_real)`` like :func:`~signgd_jax.commands.common.padded_batches`, with
-    zero images and label -1 after the real rows, and ``n_real`` the real rows of the *global*
-    batch (every process yields the same number of batches, even when its share of the last
-    one is empty)."""
-    n = len(ds)
-    per_batch = share_positions(n, batch_size, lo, hi)[first:]
-    view = _subset(ds, np.concatenate(per_batch)) if per_batch else None
-    rows = hi - lo
-    offset = 0
-    for i, positions in enumerate(per_batch, start=first):
-        k = len(positions)
-        images = np.zeros((rows, *ds.image_shape), np.float32)
-        labels = np.full(rows, -1, np.int32)
-        if k:
-            images[:k], labels[:k] = view.get(np.arange(offset, offset + k))
-        offset += k
-        yield images, labels, min(batch_size, n - i * batch_size)
+    :func:`signgd_jax.data.padded_batches` with ``rows=(lo, hi)`` (zero images and label -1
+    after the real rows; ``n_real`` the real rows of the *global* batch; every process yields
+    the same number of batches, even when its share of the last one is empty). Only the
+    positions of :func:`share_positions` are read."""
+    return data.padded_batches(ds, batch_size, first=first, rows=(lo, hi), workers=workers)
 
 
 # ----------------------------------------------------------------------------- agreement

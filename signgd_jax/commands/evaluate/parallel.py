@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from signgd_jax.commands.common import padded_batches
+from signgd_jax import data
 from signgd_jax.commands.evaluate import distributed
 
 BATCH_AXIS = "batch"
@@ -69,14 +69,16 @@ class DataParallel:
 
     def padded_batches(self, ds, batch_size: int, first: int = 0
                        ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """:func:`~signgd_jax.commands.common.padded_batches` in one process; in a multi-process
-        run this process's rows of each of them (:func:`distributed.local_batches`), after all
-        processes checked that none of their rows holds NaN or Inf."""
+        """:func:`signgd_jax.data.padded_batches` from batch ``first`` on, with the loader's
+        worker processes for photos (:func:`signgd_jax.data.default_workers`); in a multi-process
+        run this process's rows of each (:meth:`local_rows`), after all processes checked that
+        none of their rows holds NaN or Inf."""
+        workers = data.default_workers(ds, data.num_batches(len(ds), batch_size, False) - first)
         if not self.processes.multi:
-            yield from padded_batches(ds, batch_size, first)
+            yield from data.padded_batches(ds, batch_size, first=first, workers=workers)
             return
-        for i, (images, labels, k) in enumerate(
-                distributed.local_batches(ds, batch_size, *self.local_rows(batch_size), first), start=first):
+        for i, (images, labels, k) in enumerate(data.padded_batches(
+                ds, batch_size, first=first, rows=self.local_rows(batch_size), workers=workers), start=first):
             finite = distributed.gather_rows(np.isfinite(images.reshape(len(images), -1)).all(axis=1),
                                              self.processes)
             if not finite.all():  # raised on every process alike, so none waits for the others

@@ -174,7 +174,8 @@ def _epochs(cfg: TrainConfig, model, tx, dropout_key, mgr, state: TrainState, me
         start = meta["step_in_epoch"] if resumed else 0
         t0 = time.perf_counter() - (meta["epoch_seconds"] if resumed else 0.0)
         batches = data.batches(train_ds, bs, shuffle=True, seed=cfg.seed, epoch=epoch,
-                               drop_remainder=True, augment=cfg.augment, start=start)
+                               drop_remainder=True, augment=cfg.augment, start=start,
+                               workers=data.default_workers(train_ds, spe - start))
         # The bar counts finished steps: steps are dispatched asynchronously, so each update
         # waits for the step before the one just dispatched (one step in flight keeps the
         # host's batch preparation overlapped with the computation).

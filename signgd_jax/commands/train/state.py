@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from signgd_jax.commands.common import padded_batches
+from signgd_jax import data
 from signgd_jax.commands.train.config import TrainConfig
 from signgd_jax.regularize import with_range_penalty
 
@@ -120,7 +120,9 @@ def make_accuracy(model, batch_size: int) -> Callable[[dict, Any], float]:
         if len(ds) == 0:
             return float("nan")
         correct = jnp.zeros((), jnp.int32)
-        for images, labels, _ in padded_batches(ds, min(batch_size, len(ds))):
+        size = min(batch_size, len(ds))
+        workers = data.default_workers(ds, data.num_batches(len(ds), size, False))
+        for images, labels, _ in data.padded_batches(ds, size, workers=workers):
             correct = correct + count(variables, images, labels)
         return int(correct) / len(ds)
 
