@@ -10,6 +10,7 @@ import pytest
 
 SLOW = (
     "tests/test_notebooks.py::test_notebook_executes[quickstart.ipynb]",
+    "tests/test_notebooks.py::test_pretrained_notebook_executes",
     "tests/test_distributed.py::test_two_processes_write_the_single_process_results",
     "tests/test_zoo_conversion.py::",
     "tests/test_cli_pretrained.py::test_two_devices_give_the_same_numbers",
