@@ -84,7 +84,7 @@ import io
 import logging
 import os
 import tempfile
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

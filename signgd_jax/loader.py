@@ -25,9 +25,9 @@ and, with ``workers > 0``, ``mp_prefetch``: that many worker processes compute b
 w + workers, ...`` ahead while the caller consumes them in order (grain passes the arrays
 through shared memory). A batch is the unit of work because its order, augmentation and rows
 are defined per batch and its records are read in one call; worker processes run numpy and PIL
-only (never a JAX device). Each pass starts its workers anew (about 3 s), so
-:func:`default_workers` uses them only for datasets decoded on every read (photos) and passes of
-several batches.
+only (never a JAX device). Each pass starts its workers anew (``spawn``: each imports grain,
+JAX and this package, about 2 s of a CPU), so :func:`default_workers` uses them only for
+datasets decoded on every read (photos) and passes of several batches.
 """
 from __future__ import annotations
 
