@@ -538,7 +538,7 @@ def pipeline(settings):
         n = sum(len(labels) for _, labels in pool.map(validation.get, chunks))
     result.update(threads=workers, threads_images_per_s=n / (time.perf_counter() - start))
 
-    # a pretrained checkpoint's preprocessing (torchvision's): the resize is compiled once per photo shape
+    # a pretrained checkpoint's preprocessing (torchvision's): resized on the host with PIL (signgd_jax.images)
     pretrained = data.Dataset("imagenet2012", "validation", source, preprocessing=models.preprocessing.TORCHVISION)
     pretrained.get(np.arange(1))
     start = time.perf_counter()

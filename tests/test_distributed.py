@@ -17,7 +17,7 @@ import types
 import numpy as np
 import pytest
 
-from signgd_jax.commands.common import padded_batches
+from signgd_jax.data import padded_batches
 from signgd_jax.commands.evaluate import distributed
 from signgd_jax.commands.evaluate.core import ConvertError
 from signgd_jax.commands.evaluate.progress import PROGRESS_DIR, ProgressStore

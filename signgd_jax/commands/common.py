@@ -18,8 +18,6 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
-
 USAGE_ERROR = 2  # exit status of every input, data or output-folder error
 
 
@@ -161,24 +159,6 @@ def workdir_lock(workdir: str, error_type: type[Exception]):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-# ----------------------------------------------------------------------------- evaluation batches
-
-
-def padded_batches(ds, batch_size: int, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """``(images, labels, n_real)`` over the ``signgd_jax.data.Dataset`` ``ds`` in order, every
-    batch exactly ``batch_size`` rows: the last one is padded with zero images (label -1, which
-    no prediction equals) after its ``n_real`` real rows, so a jitted evaluation compiles once.
-    Starts at batch ``first`` (for resuming)."""
-    n = len(ds)
-    for start in range(first * batch_size, n, batch_size):
-        images, labels = ds.get(np.arange(start, min(start + batch_size, n)))
-        k = len(labels)
-        if k < batch_size:
-            images = np.concatenate([images, np.zeros((batch_size - k, *images.shape[1:]), images.dtype)])
-            labels = np.concatenate([labels, np.full(batch_size - k, -1, labels.dtype)])
-        yield images, labels, k
 
 
 # ----------------------------------------------------------------------------- progress bars

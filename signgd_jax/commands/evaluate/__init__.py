@@ -22,7 +22,8 @@ or, with the settings made once (:class:`ConvertSettings`, as the command builds
 Bad input raises :class:`ConvertError` (one-line message); the command turns it into exit
 status 2.
 """
-from signgd_jax.commands.common import atomic_outputs, padded_batches
+from signgd_jax.commands.common import atomic_outputs
+from signgd_jax.data import padded_batches
 from signgd_jax.commands.evaluate.core import ConvertError, evaluate, evaluate_workdir, machine_info
 from signgd_jax.commands.evaluate.parallel import DataParallel
 from signgd_jax.commands.evaluate.report import (PLOT_FILE, RESULTS_FILE, accuracy_figure,
