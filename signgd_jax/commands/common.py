@@ -1,5 +1,5 @@
 """What both commands share: one-line errors, an argument parser that exits with status 2,
-atomic writes, the per-workdir lock, padded evaluation batches, progress bars, and the process
+atomic writes, the per-workdir lock, progress bars, and the process
 entry point.
 
 Every failure a user can cause ends as one line on stderr and exit status 2; files are written
