@@ -46,7 +46,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import signgd_jax as sg  # noqa: E402
-from signgd_jax.commands.evaluate.core import calibration_batches, load_splits, load_workdir  # noqa: E402
+from signgd_jax import workdir  # noqa: E402
 from signgd_jax.convert import as_apply_fn  # noqa: E402
 
 
@@ -177,8 +177,8 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in args.dynamics.split(",") if m.strip()]
     os.makedirs(args.out_dir, exist_ok=True)
 
-    model, variables, config = load_workdir(args.workdir)
-    train_ds, test_ds = load_splits(config.get("dataset", "mnist5k"), config.get("data_dir"))
+    model, variables, config = workdir.load(args.workdir)
+    train_ds, test_ds = workdir.splits(*workdir.trained_on(config))
     test_ds = test_ds.take(args.limit)
     images, labels = test_ds.get(np.arange(len(test_ds)))
     images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     ann_logits = np.concatenate([np.asarray(forward(variables, x)) for x, _ in batches]).astype(np.float64)
     ann = 100 * float(np.mean(ann_logits.argmax(-1) == labels))
     most = max(_ints(args.calibration_batches) * ("calibration" in sections) + [args.default_calibration_batches])
-    calibration = calibration_batches(train_ds, args.calibration_batch_size, most)
+    calibration = workdir.calibration_batches(train_ds, args.calibration_batch_size, most)
     default_calibration = calibration[:args.default_calibration_batches]
     print(f"{config['model']}: ANN {ann:.2f}% on {len(images)} test images; "
           f"{len(calibration)} calibration batches of {args.calibration_batch_size}", flush=True)

@@ -165,8 +165,8 @@ def train_digits(activation: str, epochs: int = 40, seed: int = 0):
 
 def load_model(name: str, args):
     """``(model, variables, calibration batches, test images, test labels, how it was trained)``."""
+    from signgd_jax import workdir as trained_workdir
     from signgd_jax.commands import train
-    from signgd_jax.commands.evaluate import core
 
     if name in DIGITS:
         activation = "qcfs" if name.endswith("_qcfs") else "relu"
@@ -185,9 +185,9 @@ def load_model(name: str, args):
                                 activation="qcfs" if qcfs else "relu", qcfs_levels=QCFS_LEVELS,
                                 progress=args.progress),
               log=lambda msg: print(f"   {msg}", flush=True))
-    model, variables, config = core.load_workdir(workdir)
-    train_ds, test_ds = core.load_splits("mnist5k", args.data_dir)
-    calibration = core.calibration_batches(train_ds, 250, 12)
+    model, variables, config = trained_workdir.load(workdir)
+    train_ds, test_ds = trained_workdir.splits("mnist5k", args.data_dir)
+    calibration = trained_workdir.calibration_batches(train_ds, 250, 12)
     images, labels = test_ds.get(np.arange(len(test_ds)))
     return model, variables, calibration, images, labels, dict(
         dataset="mnist5k", workdir=workdir, activation=config.get("activation", "relu"), epochs=epochs,

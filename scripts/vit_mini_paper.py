@@ -8,7 +8,7 @@ import numpy as np
 
 import signgd_jax as sg
 from signgd_jax import data, metrics, models
-from signgd_jax.commands.train.checkpoint import load_trained
+from signgd_jax.workdir import load as load_trained
 
 
 def main(workdir: str, timesteps=(8, 16, 32, 64, 128), batch: int = 100):

@@ -19,6 +19,7 @@ import numpy as np
 
 import signgd_jax
 from signgd_jax import data, metrics
+from signgd_jax import workdir as trained_workdir
 from signgd_jax.class_subset import predict as predict_class
 from signgd_jax.convert import as_apply_fn
 from signgd_jax.dynamics import get as get_dynamics
@@ -39,19 +40,18 @@ CALIBRATION_SEED = 0
 
 
 def load_workdir(workdir: str):
-    """``(model, variables, config)`` of a training workdir; ConvertError when unusable."""
-    from signgd_jax.commands import train  # its loader knows the workdir layout
-
+    """``(model, variables, config)`` of a training workdir (:func:`signgd_jax.workdir.load`);
+    ConvertError when unusable."""
     try:
-        return train.load_trained(workdir)
-    except train.CheckpointNotFound as e:
+        return trained_workdir.load(workdir)
+    except trained_workdir.CheckpointNotFound as e:
         raise ConvertError(f"missing checkpoint: {one_line(e)} (train one with `signgd-train"
                            f" --model NAME --workdir {workdir}`)") from None
-    except train.RestoreMismatch as e:
+    except trained_workdir.RestoreMismatch as e:
         raise ConvertError(f"checkpoint does not match the model in config.json: {one_line(e)}") from None
-    except train.CorruptCheckpoint as e:
+    except trained_workdir.CorruptCheckpoint as e:
         raise ConvertError(f"corrupt checkpoint: {one_line(e)}") from None
-    except train.TrainError as e:  # e.g. ConfigError: unknown model name in config.json
+    except trained_workdir.TrainError as e:  # e.g. ConfigError: unknown model name in config.json
         raise ConvertError(f"cannot load {workdir}: {one_line(e)}") from None
 
 
@@ -74,13 +74,10 @@ def check_dataset(name: str, config: dict) -> None:
 
 
 def load_splits(name: str, data_dir: Optional[str], preprocessing=None):
-    """``(calibration, test)`` :class:`signgd_jax.data.Dataset` views: the calibration images are
-    :func:`signgd_jax.data.calibration_split`'s (the training split; imagenet2012's for
-    imagenet_v2); ConvertError if not prepared."""
-    calibration_name, calibration_split = data.calibration_split(name)
+    """``(calibration, test)`` views of dataset ``name`` (:func:`signgd_jax.workdir.splits`);
+    ConvertError if not prepared."""
     try:
-        return (data.load(calibration_name, calibration_split, data_dir, preprocessing=preprocessing),
-                data.load(name, "test", data_dir, preprocessing=preprocessing))
+        return trained_workdir.splits(name, data_dir, preprocessing)
     except data.DatasetNotPrepared as e:
         raise ConvertError(one_line(e)) from None
 
@@ -102,11 +99,8 @@ def load_trained_target(settings: ConvertSettings) -> tuple[ConvertSettings, Loa
     """The training workdir's model on its dataset (or ``settings.dataset``), with the settings'
     dataset and data dir resolved (the training run's, where it found the data)."""
     model, variables, config = load_workdir(settings.workdir)
-    dataset = settings.dataset or config.get("dataset") or "mnist5k"
+    dataset, data_dir = trained_workdir.trained_on(config, settings.dataset, settings.data_dir)
     check_dataset(dataset, config)
-    data_dir = settings.data_dir
-    if data_dir is None and dataset == config.get("dataset"):
-        data_dir = config.get("data_dir")  # where training found it
     train_ds, test_ds = load_splits(dataset, data_dir)
     identity = dict(model=config["model"], checkpoint_step=config.get("checkpoint_step"))
     extra = dict(checkpoint_step=config.get("checkpoint_step"), epochs_done=config.get("epochs_done"))
@@ -115,18 +109,15 @@ def load_trained_target(settings: ConvertSettings) -> tuple[ConvertSettings, Loa
 
 
 def calibration_batches(train_ds, batch_size: int, count: int, seed: int = CALIBRATION_SEED) -> list:
-    """The first ``count`` batches of a fixed-seed shuffle of the training split."""
-    drop = len(train_ds) >= batch_size
-    out = []
-    for images, _ in data.batches(train_ds, batch_size, shuffle=True, seed=seed, epoch=0,
-                                  drop_remainder=drop, workers=data.default_workers(train_ds, count)):
-        check_finite(images, f"calibration batch {len(out)} of the {train_ds.name} training split")
-        out.append(images)
-        if len(out) == count:
-            break
-    if not out:
-        raise ConvertError("the training split is empty: no calibration data")
-    return out
+    """:func:`signgd_jax.workdir.calibration_batches`; ConvertError for an empty split or NaN or
+    Inf images."""
+    try:
+        batches = trained_workdir.calibration_batches(train_ds, batch_size, count, seed)
+    except ValueError as e:  # an empty split
+        raise ConvertError(one_line(e)) from None
+    for i, images in enumerate(batches):
+        check_finite(images, f"calibration batch {i} of the {train_ds.name} training split")
+    return batches
 
 
 def machine_info() -> dict:

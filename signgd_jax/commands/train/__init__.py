@@ -3,19 +3,22 @@ repository root) or :func:`run`.
 
 Library API::
 
-    from signgd_jax.commands.train import TrainConfig, run, load_trained
+    from signgd_jax.commands.train import TrainConfig, run
+    from signgd_jax import workdir
     metrics = run(TrainConfig(model="resnet_mini", dataset="cifar10", workdir="runs/r"))
-    model, variables, config = load_trained("runs/r")
+    model, variables, config = workdir.load("runs/r")
 
 A workdir holds ``config.json`` (model, dataset, num_classes, image_shape, hyperparameters:
 enough to rebuild the model), ``metrics.jsonl`` (one JSON line per finished epoch) and
-``checkpoints/<global step>/`` (orbax; see :mod:`signgd_jax.commands.train.checkpoint`).
-Rerunning an interrupted run with the same settings resumes it from its last checkpoint.
+``checkpoints/<global step>/`` (orbax); :mod:`signgd_jax.workdir` reads it back (``load_trained``
+here is its ``load``). Rerunning an interrupted run with the same settings resumes it from its
+last checkpoint.
 
 A checkpoint that cannot be restored raises :class:`RestoreError` (:class:`CheckpointNotFound`,
 :class:`CorruptCheckpoint`, :class:`RestoreMismatch`), a :class:`TrainError` and a
 :class:`CheckpointError`: ``CheckpointError`` and ``CheckpointMismatch`` are
 :mod:`signgd_jax.models`' own, the one family with the errors of importing published weights.
+The errors and :func:`build_model` are :mod:`signgd_jax.workdir`'s, re-exported here.
 """
 from signgd_jax.commands.train.checkpoint import (CheckpointError, CheckpointMismatch,
                                                   CheckpointNotFound, CorruptCheckpoint,

@@ -1,15 +1,16 @@
-"""Training configuration, its validation, and model construction by name."""
+"""Training configuration, its validation and its ``config.json`` record (the model is built by
+:func:`signgd_jax.workdir.build_model`, which reads the record back)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 from typing import Any, Optional
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
+# the workdir's layout, the model factory and the errors are the reading side's (re-exported here)
+from signgd_jax.workdir import (ACTIVATIONS, CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE,  # noqa: F401
+                                QCFS_LEVELS, ConfigError, TrainError, build_model, check_activation)
+
 CONFIG_FORMAT = 1
 
 # Fields that may change between an interrupted run and its resumption without changing the
@@ -18,16 +19,6 @@ _RESUME_FREE = frozenset({"data_dir", "checkpoint_every", "keep_checkpoints",
                           "eval_batch_size", "progress"})
 # Settings added after config.json's format 1 was fixed: a workdir without them used these.
 _LATER_DEFAULTS = {"range_penalty": 0.0, "range_bound": 2.5, "activation": "relu"}
-ACTIVATIONS = ("relu", "qcfs")
-QCFS_LEVELS = 8  # --qcfs-levels when --activation qcfs leaves it unset (the QCFS code's default L)
-
-
-class TrainError(Exception):
-    """Base class of the errors raised by :mod:`signgd_jax.commands.train`."""
-
-
-class ConfigError(TrainError, ValueError):
-    """Bad training input: unknown model or dataset, bad hyperparameter, mismatched workdir."""
 
 
 # Training recipes. The paper's (SGD with momentum 0.9, lr 0.1, weight decay 5e-4, cosine decay)
@@ -166,55 +157,6 @@ class TrainConfig:
         if not cfg.workdir:
             raise ConfigError("a workdir is required")
         check_activation(cfg.model, cfg.activation, cfg.qcfs_levels)
-
-
-def check_activation(model: str, activation: str, qcfs_levels) -> None:
-    """ConfigError (one line) unless ``activation`` (and ``qcfs_levels``) fit ``model``."""
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
-    if activation != "qcfs":
-        return
-    if isinstance(qcfs_levels, bool) or not isinstance(qcfs_levels, int) or qcfs_levels <= 0:
-        raise ConfigError(f"qcfs-levels must be a positive integer, got {qcfs_levels!r}")
-    from signgd_jax import models
-
-    if model not in models.QCFS_MODELS:
-        raise ConfigError(f"--activation qcfs replaces the ReLUs of a zoo ReLU model "
-                          f"({', '.join(models.QCFS_MODELS)}); {model!r} is not one")
-
-
-def build_model(name: str, num_classes: int, activation: str = "relu", qcfs_levels: Optional[int] = None):
-    """A flax module for ``name``: ``signgd_jax.models.create`` or ``module:factory``;
-    ``activation='qcfs'`` builds a zoo ReLU model with QCFS activations of ``qcfs_levels``
-    steps (default :data:`QCFS_LEVELS`)."""
-    if activation != "relu":
-        qcfs_levels = QCFS_LEVELS if qcfs_levels is None and activation == "qcfs" else qcfs_levels
-        check_activation(name, activation, qcfs_levels)
-        from signgd_jax import models
-
-        return models.create(name, num_classes=num_classes, activation=activation, qcfs_levels=qcfs_levels)
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot import model factory {name!r}: {e}") from None
-        return factory(num_classes=num_classes)
-    try:
-        from signgd_jax import models
-        create = models.create
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"model {name!r}: signgd_jax.models.create is not available ({e})") \
-            from None
-    available = getattr(models, "available", None)
-    if available is not None and name not in available():
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}, "
-                          "or package.module:factory")
-    try:
-        return create(name, num_classes=num_classes)
-    except (LookupError, ValueError) as e:
-        msg = " ".join(str(e).split())
-        raise ConfigError(msg if name in msg else f"model {name!r}: {msg}") from None
 
 
 def config_record(cfg: TrainConfig, **derived: Any) -> dict:
