@@ -36,28 +36,28 @@ MEASURED = {"gelu": "GELU", "square": "LayerNorm square", "rsqrt_mul": "LayerNor
 
 
 def site_ranges(model, variables, x):
-    """``[(site index, kind, fraction |phi| > REACH, max |phi|)]`` over the measured kinds."""
+    """``[(site name, kind, fraction |phi| > REACH, max |phi|)]`` over the measured kinds."""
     kinds_of = {}
 
-    def kinds_only(index, kind, options, inputs):
+    def kinds_only(name, kind, options, inputs):
         if kind in MEASURED:
-            kinds_of[index] = kind
+            kinds_of[name] = kind
         return kinds.ann_op(kind, options)(*inputs)
 
     jax.eval_shape(lambda v, x: interpret.evaluate(lambda v, x: model.apply(v, x, train=False), v, x, kinds_only),
                    variables, x)
     values = jax.jit(lambda v, x: _fractions(model, v, x))(variables, x)
-    return [(i, kinds_of[i], float(values[i][0]), float(values[i][1])) for i in sorted(kinds_of)]
+    return [(n, kinds_of[n], float(values[n][0]), float(values[n][1])) for n in sorted(kinds_of)]
 
 
 def _fractions(model, variables, x):
-    """``{site index: (fraction |phi| > REACH, max |phi|)}`` (traceable)."""
+    """``{site name: (fraction |phi| > REACH, max |phi|)}`` (traceable)."""
     out = {}
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         if kind in MEASURED:
             phi = jnp.abs(kinds.get(kind).target(*inputs, **dict(options)))
-            out[index] = (jnp.mean(phi > REACH), jnp.max(phi))
+            out[name] = (jnp.mean(phi > REACH), jnp.max(phi))
         return kinds.ann_op(kind, options)(*inputs)
 
     interpret.evaluate(lambda v, x: model.apply(v, x, train=False), variables, x, on_site)
@@ -111,7 +111,8 @@ def report(results, seconds):
     for fixture, (name, source, sites) in results.items():
         lines += [f"### {fixture} ({name}, {source} layout)", "", "| site | neuron | fraction > 3 | max abs(phi) |",
                   "|---|---|---|---|"]
-        lines += [f"| {i:03d} | {MEASURED[kind]} | {frac:.4f} | {peak:.3g} |" for i, kind, frac, peak in sites]
+        lines += [f"| {site.partition('_')[0]} | {MEASURED[kind]} | {frac:.4f} | {peak:.3g} |"
+                  for site, kind, frac, peak in sites]
         lines.append("")
     return "\n".join(lines)
 

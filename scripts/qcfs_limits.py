@@ -37,10 +37,10 @@ def qcfs_replaced(rule):
     ``rule(z)``, every other site what the ANN computes."""
     from signgd_jax import interpret
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         if kind == "qcfs":
             return rule(inputs[0])
-        return interpret.ann_site(index, kind, options, inputs)
+        return interpret.ann_site(name, kind, options, inputs)
 
     return on_site
 

@@ -83,19 +83,6 @@ def calibration_arrays(calibration_batches) -> list:
     return [_as_images(b, i) for i, b in enumerate(batches)]
 
 
-def _trace(apply_fn, variables, example):
-    closed = interpret.trace(apply_fn, variables, example)
-    leaves = jax.tree_util.tree_leaves(variables)
-
-    def run(leaves, x, on_site):
-        outs, _ = interpret.run(closed, [*leaves, x], [False] * len(leaves) + [True], on_site)
-        if len(outs) != 1:
-            raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
-        return outs[0]
-
-    return run, leaves
-
-
 def _calibration_statistics(run, leaves, batches):
     """Per site: its (kind, options) and per-position max, min, mean and mean square of the ANN output."""
     size = batches[0].shape[0]
@@ -105,9 +92,8 @@ def _calibration_statistics(run, leaves, batches):
     def batch_stats(leaves, x, weight):
         stats = {}
 
-        def on_site(index, kind, options, inputs):
+        def on_site(name, kind, options, inputs):
             out = ann_op(kind, options)(*inputs)
-            name = site_name(index, kind)
             found[name] = (kind, tuple(sorted(options.items())))
             w = weight.reshape((-1,) + (1,) * (out.ndim - 1)).astype(out.dtype)
             stats[name] = (out.max(0, keepdims=True), out.min(0, keepdims=True), (out * w).sum(0, keepdims=True),
@@ -139,8 +125,7 @@ def _probe(run, leaves, example, units, dynamics):
     recorded = {}
 
     def probe_with(level):
-        def on_site(index, kind, options, inputs):
-            name = site_name(index, kind)
+        def on_site(name, kind, options, inputs):
             u = units[name]
             if "in_scale" in u:
                 inputs = [z * u["in_scale"] for z in inputs]
@@ -218,7 +203,7 @@ def convert(model, variables, calibration_batches: Iterable, dynamics: str | Dyn
         if fold_bn:
             variables, apply_fn = fold_batch_norm(model, variables, batches[0], apply_fn)
         apply_fn = expanded(apply_fn, chosen.expands)
-        run, leaves = _trace(apply_fn, variables, batches[0])
+        run, leaves = interpret.traced(apply_fn, variables, batches[0])
     except interpret.UnsupportedOperation:
         raise
     except Exception as e:  # a shape error from Flax or lax: say what layout we expect

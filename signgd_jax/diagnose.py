@@ -25,7 +25,7 @@ from signgd_jax import interpret
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
 from signgd_jax.kinds import ann_op
 from signgd_jax.simulate import check_timesteps, initial_state, step
-from signgd_jax.types import SNN, site_name
+from signgd_jax.types import SNN
 
 LOGITS = "logits"  # the entry for the decoded output among the sites
 
@@ -48,9 +48,9 @@ def ann_activations(snn: SNN, images, affine_rule=None):
     """``({site: ANN activation [batch, ...]}, ANN logits)`` of the converted network's ANN."""
     recorded = {}
 
-    def record(index, kind, options, inputs):
+    def record(name, kind, options, inputs):
         out = ann_op(kind, options)(*inputs)
-        recorded[site_name(index, kind)] = out
+        recorded[name] = out
         return out
 
     logits = interpret.evaluate(snn.apply_fn, snn.variables, images, record, affine_rule)

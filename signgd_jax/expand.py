@@ -14,8 +14,9 @@ pooled output in improved mode; paper mode and the ``if`` baseline (whose max of
 
 :class:`ExpandedApply` does that rewrite on the traced program: it evaluates the network with
 the interpreter and re-emits every site as it is, except the expanded kinds, which are emitted
-as their decomposition. The result is an ordinary ``apply_fn(variables, x)``, so ``convert``,
-``simulate`` and the measurements all see the same sites.
+as their decomposition, each under its module path (so the sites keep their names' paths). The
+result is an ordinary ``apply_fn(variables, x)``, so ``convert``, ``simulate`` and the
+measurements all see the same sites.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import jax
 
 from signgd_jax import interpret
 from signgd_jax.nn import decomposed_layer_norm, reduce_window_max, site_p
+from signgd_jax.types import site_path
 
 
 def _layer_norm_parts(options: dict, x):
@@ -52,20 +54,17 @@ class ExpandedApply:
     apply_fn: Callable
     kinds: tuple
 
-    def _site(self, index, kind, options, inputs):
-        if kind in self.kinds:
-            applies, parts = EXPANSIONS[kind]
-            if applies(options):
-                return parts(options, *inputs)
-        return site_p.bind(*inputs, kind=kind, options=tuple(sorted(options.items())))
+    def _site(self, name, kind, options, inputs):
+        with jax.named_scope(site_path(name)):
+            if kind in self.kinds:
+                applies, parts = EXPANSIONS[kind]
+                if applies(options):
+                    return parts(options, *inputs)
+            return site_p.bind(*inputs, kind=kind, options=tuple(sorted(options.items())))
 
     def __call__(self, variables, x):
-        closed = interpret.trace(self.apply_fn, variables, x)
-        leaves = jax.tree_util.tree_leaves(variables)
-        outs, _ = interpret.run(closed, [*leaves, x], [False] * len(leaves) + [True], self._site)
-        if len(outs) != 1:
-            raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
-        return outs[0]
+        run, leaves = interpret.traced(self.apply_fn, variables, x)
+        return run(leaves, x, self._site)
 
 
 def expanded(apply_fn: Callable, kinds: tuple) -> Callable:

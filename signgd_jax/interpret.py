@@ -13,13 +13,14 @@ evaluate that jaxpr here, in three stages.
    ``flax.linen.LayerNorm``, ``nn.max_pool``, ``x * x``, ...) become the ``signgd_jax.nn``
    sites they stand for.
 3. *Evaluate*: ordinary equations are evaluated as they are; each site is handed to
-   ``on_site(index, kind, options, inputs)``, which returns the value that flows on (the ANN
+   ``on_site(name, kind, options, inputs)``, which returns the value that flows on (the ANN
    value while calibrating, ones or zeros in the probe pass, a neuron's output in the SNN
-   step). Values are tagged *dynamic* when they depend on the network input; a nonlinear
-   operation on a dynamic value that is not a site raises :class:`UnsupportedOperation` naming
-   the primitive, the Flax module path and the user's source line. Every site is called with
-   the image batch first in its inputs and output, wherever the program holds it
-   (:mod:`signgd_jax.batch_axes`).
+   step); ``name`` is the site's key in ``SNN.sites`` (:func:`signgd_jax.types.site_name`: its
+   evaluation index, kind and Flax module path). Values are tagged *dynamic* when they depend
+   on the network input; a nonlinear operation on a dynamic value that is not a site raises
+   :class:`UnsupportedOperation` naming the primitive, the Flax module path and the user's
+   source line. Every site is called with the image batch first in its inputs and output,
+   wherever the program holds it (:mod:`signgd_jax.batch_axes`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from signgd_jax.program import Op, Program, _carries_program, dynamic_flags, fla
 from signgd_jax import recognize
 from signgd_jax.kinds import get as get_kind
 from signgd_jax.nn import SITE_KINDS, ann_op, site_p
+from signgd_jax.types import site_name
 
 
 class UnsupportedOperation(ValueError):
@@ -116,13 +118,15 @@ def _bind(eqn, values):
 
 
 # ----------------------------------------------------------------------------- errors
-def describe(eqn) -> str:
-    """Where an equation comes from: ``in module 'Block_0/Dense_1' at file.py:12 (fn)``."""
+def describe(eqn, path: tuple | None = None) -> str:
+    """Where an equation comes from: ``in module 'Net/Block_0/Dense_1' at file.py:12 (fn)``; the
+    module path is ``path`` (an :class:`Op`'s, whole through calls and loops) when given, else
+    the equation's own name stack."""
     if eqn is None:
         return ""
     parts = []
     try:
-        stack = str(eqn.source_info.name_stack)
+        stack = str(eqn.source_info.name_stack) if path is None else "/".join(path)
         if stack:
             parts.append(f"in module '{stack}'")
     except Exception:  # noqa: BLE001 - location is a courtesy, never an error of its own
@@ -141,7 +145,7 @@ def _refuse(op: Op):
     """Raises :class:`UnsupportedOperation`: one short line (what, where, what to do), then the
     list of what is supported on a line of its own."""
     name = op.name
-    where = describe(op.eqn)
+    where = describe(op.eqn, op.path)
     if name in _REFUSED_CONTROL:
         first = f"cannot convert '{name}'{where}: {_REFUSED_CONTROL[name]}"
     elif op.eqn is not None and _carries_program(op.eqn):
@@ -160,13 +164,14 @@ def _abstract(value):
     return jax.ShapeDtypeStruct(np.shape(value), jnp.result_type(value))
 
 
-def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_avals, axes):
-    """Evaluates ``fn`` (written with ``signgd_jax.nn``) through this interpreter; ``axes``: the
-    batch axes of ``values``."""
+def _run_substitute(fn, op, values, dyn, axes, on_site, counter, affine_rule, strict):
+    """Evaluates ``fn`` (written with ``signgd_jax.nn``) through this interpreter in place of
+    ``op``, whose output shapes and module path it takes; ``axes``: the batch axes of ``values``."""
     closed = jax.make_jaxpr(fn)(*[_abstract(v) for v in values])
-    outs, out_dyn = run(closed, list(values), list(dyn), on_site, counter, affine_rule, strict, batch_axes=axes)
+    outs, out_dyn = run(closed, list(values), list(dyn), on_site, counter, affine_rule, strict, batch_axes=axes,
+                        path=op.path)
     fixed = []
-    for out, aval in zip(outs, out_avals):
+    for out, aval in zip(outs, [v.aval for v in op.eqn.outvars]):
         out = jnp.asarray(out)
         if out.shape != tuple(aval.shape):
             out = jnp.broadcast_to(out, aval.shape)
@@ -176,11 +181,13 @@ def _run_substitute(fn, values, dyn, on_site, counter, affine_rule, strict, out_
 
 def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: Callable,
         counter: list | None = None, affine_rule: Callable | None = None, strict: bool = True,
-        recognize_ops: bool | None = None, batch_axes: Sequence | None = None):
+        recognize_ops: bool | None = None, batch_axes: Sequence | None = None, path: tuple = ()):
     """Evaluates ``closed`` on ``args``; returns ``(outputs, output_is_dynamic)``.
 
     ``counter`` numbers the sites in evaluation order, which is the same for every trace of
-    one model, so a site's index identifies it across batch sizes and passes.
+    one model, so a site's name (its index, kind and module path) identifies it across batch
+    sizes and passes; ``path``: the module path ``closed`` was traced in (see
+    :func:`signgd_jax.program.flatten`).
     ``affine_rule(eqn, values, dynamic)``, if given, evaluates the affine equations on dynamic
     values instead (returning their outputs, or None for the ordinary evaluation).
     With ``strict=False`` other nonlinear operations on dynamic values are evaluated as they
@@ -194,7 +201,7 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
     """
     counter = [0] if counter is None else counter
     recognize_ops = strict if recognize_ops is None else recognize_ops
-    program = flatten(closed)
+    program = flatten(closed, path)
     flags = dynamic_flags(program, dynamic)
     if strict:
         _refuse_dynamic_control(program, flags)
@@ -221,9 +228,8 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
         if position in plan.substitutes:
             sub = plan.substitutes[position]
             sub_values, sub_dyn = zip(*[read(r) for r in sub.ins])
-            avals = [v.aval for v in op.eqn.outvars]
-            outs, out_dyn = _run_substitute(sub.fn, sub_values, sub_dyn, on_site, counter, affine_rule, strict, avals,
-                                            axes_of(sub.ins))
+            outs, out_dyn = _run_substitute(sub.fn, op, sub_values, sub_dyn, axes_of(sub.ins), on_site, counter,
+                                            affine_rule, strict)
             for r, out, d in zip(op.outs, outs, out_dyn):
                 env[r], env_dyn[r] = out, d
             continue
@@ -236,8 +242,7 @@ def run(closed: ClosedJaxpr, args: Sequence, dynamic: Sequence[bool], on_site: C
         elif op.eqn.primitive is site_p:
             outs, out_dyn = [_run_site(op, values, on_site, counter, axes_of(op.ins), strict)], True
         elif (rule := recognize.elementary(op, values, dyn, recognize_ops)) is not None:
-            avals = [v.aval for v in op.eqn.outvars]
-            outs, _ = _run_substitute(rule, values, dyn, on_site, counter, affine_rule, strict, avals, axes_of(op.ins))
+            outs, _ = _run_substitute(rule, op, values, dyn, axes_of(op.ins), on_site, counter, affine_rule, strict)
             out_dyn = True
         elif _affine_ok(name, dyn):
             outs = affine_rule(op.eqn, values, dyn) if affine_rule else None
@@ -262,8 +267,9 @@ def _refuse_dynamic_control(program, flags) -> None:
 
 
 def _run_site(op, values, on_site: Callable, counter: list, axes, strict: bool):
-    """The output of a ``signgd_jax.nn`` site equation: numbered by ``counter``, its inputs
-    given to ``on_site`` with the batch first (the output moved back to the batch's axis);
+    """The output of a ``signgd_jax.nn`` site equation: numbered by ``counter``, named with its
+    module path (:func:`signgd_jax.types.site_name`), its inputs given to ``on_site`` with the
+    batch first (the output moved back to the batch's axis);
     UnsupportedOperation, when ``strict``, for inputs its kind's check refuses."""
     index = counter[0]
     counter[0] += 1
@@ -272,8 +278,8 @@ def _run_site(op, values, on_site: Callable, counter: list, axes, strict: bool):
     check = get_kind(kind).check
     problem = check(options, [np.shape(v) for v in values]) if check is not None and strict else None
     if problem:
-        raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}")
-    out = on_site(index, kind, options, list(values))
+        raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn, op.path)}: {problem}")
+    out = on_site(site_name(index, kind, op.path), kind, options, list(values))
     return out if not out_axis else jnp.moveaxis(out, 0, out_axis)
 
 
@@ -290,13 +296,13 @@ def _batch_first(op, kind, options, values, axes, strict):
         options, moves, out_axis = batch.site_layout(kind, options, axes, [np.ndim(v) for v in values])
     except ValueError as problem:
         if strict:
-            raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn)}: {problem}") from None
+            raise UnsupportedOperation(f"cannot convert site '{kind}'{describe(op.eqn, op.path)}: {problem}") from None
         return options, values, 0
     values = [v if not m else jnp.moveaxis(v, m, 0) for v, m in zip(values, moves)]
     return options, values, out_axis
 
 
-def ann_site(index: int, kind: str, options: dict, inputs: Sequence):
+def ann_site(name: str, kind: str, options: dict, inputs: Sequence):
     """``on_site`` that evaluates every site as the ANN does (the network unchanged)."""
     return ann_op(kind, options)(*inputs)
 
@@ -308,11 +314,24 @@ def trace(apply_fn: Callable, variables, example_input) -> ClosedJaxpr:
     return jax.make_jaxpr(apply_fn)(abstract_vars, shape)
 
 
+def traced(apply_fn: Callable, variables, example_input):
+    """``(run, leaves)``: ``apply_fn(variables, x)`` traced once at the shape of
+    ``example_input``, with ``run(leaves, x, on_site, affine_rule=None)`` evaluating that trace
+    on the variables' ``leaves`` and the input ``x``, every site handed to ``on_site``; ``run``
+    returns the network's output, a ValueError unless it is one array of logits."""
+    closed = trace(apply_fn, variables, example_input)
+    leaves = jax.tree_util.tree_leaves(variables)
+
+    def run_traced(leaves, x, on_site: Callable, affine_rule: Callable | None = None):
+        outs, _ = run(closed, [*leaves, x], [False] * len(leaves) + [True], on_site, None, affine_rule)
+        if len(outs) != 1:
+            raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
+        return outs[0]
+
+    return run_traced, leaves
+
+
 def evaluate(apply_fn: Callable, variables, x, on_site: Callable, affine_rule: Callable | None = None):
     """``apply_fn(variables, x)`` with every site replaced by ``on_site``; returns the output."""
-    closed = trace(apply_fn, variables, x)
-    leaves = jax.tree_util.tree_leaves(variables)
-    outs, out_dyn = run(closed, [*leaves, x], [False] * len(leaves) + [True], on_site, None, affine_rule)
-    if len(outs) != 1:
-        raise ValueError(f"the network must return one array of logits, got {len(outs)} outputs")
-    return outs[0]
+    run_traced, leaves = traced(apply_fn, variables, x)
+    return run_traced(leaves, x, on_site, affine_rule)

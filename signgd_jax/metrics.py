@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from signgd_jax import interpret
-from signgd_jax.types import SNN, site_name
+from signgd_jax.types import SNN
 from signgd_jax.nn import ann_op
 
 ENERGY_PER_AC_PJ = 0.9
@@ -88,9 +88,9 @@ def fan_out(snn: SNN, sample):
     sample = given[:1]
     shapes = {}
 
-    def record(index, kind, options, inputs):
+    def record(name, kind, options, inputs):
         out = ann_op(kind, options)(*inputs)
-        shapes[site_name(index, kind)] = out
+        shapes[name] = out
         return out
 
     try:
@@ -103,8 +103,7 @@ def fan_out(snn: SNN, sample):
     def downstream(site_outputs, x):
         received = {}
 
-        def on_site(index, kind, options, inputs):
-            name = site_name(index, kind)
+        def on_site(name, kind, options, inputs):
             received[name] = inputs
             return site_outputs[name]
 

@@ -35,7 +35,7 @@ def with_range_penalty(apply_fn: Callable, bound: float = 2.5, exclude: Sequence
         closed, out_shape = jax.make_jaxpr(lambda v, z: apply_fn(v, z, **kwargs), return_shape=True)(variables, x)
         terms = []
 
-        def on_site(index, kind, options, inputs):
+        def on_site(name, kind, options, inputs):
             out = ann_op(kind, options)(*inputs)
             if kind not in exclude:
                 excess = jax.nn.relu(jnp.abs(out.astype(jnp.float32)) - bound)

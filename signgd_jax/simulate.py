@@ -21,7 +21,7 @@ import numpy as np
 from signgd_jax import interpret
 from signgd_jax.convert import calibration_arrays
 from signgd_jax.cpu_forms import cpu_conv_rule, platform_of
-from signgd_jax.types import SNN, site_name
+from signgd_jax.types import SNN
 
 
 def check_timesteps(timesteps) -> tuple[int, ...]:
@@ -110,8 +110,7 @@ def step(snn: SNN, state, images, eta, key=None, affine_rule=None, *, elapsed=No
     network_input, codec_state = dynamics.network_input(snn.codec)(state["codec"], images, eta, key)
     new_neurons, spikes = {}, {}
 
-    def on_site(index, kind, options, inputs):
-        name = site_name(index, kind)
+    def on_site(name, kind, options, inputs):
         if elapsed is not None:
             inputs = uncorrected_inputs(snn.sites[name], inputs, elapsed)
         new_neurons[name], out, spikes[name] = neurons[name].step(state["neurons"][name], inputs, eta)

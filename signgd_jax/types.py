@@ -57,9 +57,17 @@ class Decoder:
     a1_plus_a0: Any
 
 
-def site_name(index: int, kind: str) -> str:
-    """The key of a site in :attr:`SNN.sites`: its evaluation index, then its kind."""
-    return f"{index:03d}_{kind}"
+def site_name(index: int, kind: str, path: tuple = ()) -> str:
+    """The key of a site in :attr:`SNN.sites`: its evaluation index and kind, then, when known,
+    ``@`` and the Flax module path it was traced in, loop iterations as components of their own:
+    ``'002_gelu@Net/layers/1/MlpBlock_0'`` (``'002_gelu'`` for a function with no modules).
+    Unique within a network (the index), sorted in evaluation order, the same for every trace."""
+    return f"{index:03d}_{kind}" + (f"@{'/'.join(path)}" if path else "")
+
+
+def site_path(name: str) -> str:
+    """The module path in a :func:`site_name` (``''`` when it has none)."""
+    return name.partition("@")[2]
 
 
 @jax.tree_util.register_dataclass

@@ -77,9 +77,9 @@ def _approaches(out, ann):
 def _sites(fn, variables, x):
     seen = []
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         seen.append((kind, dict(options), [tuple(np.shape(v)) for v in inputs]))
-        return interpret.ann_site(index, kind, options, inputs)
+        return interpret.ann_site(name, kind, options, inputs)
 
     out = jax.jit(lambda v, x: interpret.evaluate(fn, v, x, on_site))(variables, x)
     np.testing.assert_allclose(out, jax.jit(fn)(variables, x), rtol=1e-5, atol=1e-6)

@@ -299,12 +299,12 @@ def test_loaded_resnet18_converts_and_simulates(resnet18_arrays, images):
     ann = logits_of(model, variables, x)
     for mode in ("paper", "improved"):
         snn = sg.convert(model, variables, [x], dynamics=mode)
-        kinds = {name.split("_", 1)[1] for name in snn.sites}  # site names: "{index:03d}_{kind}"
+        kinds = {site.kind for site in snn.sites.values()}
         # the stem max-pool: paper mode's binary max chain, improved mode's one max_pool vector neuron
         assert kinds == {"relu", "maximum" if mode == "paper" else "max_pool"}, kinds
 
-        def rescaled(index, kind, options, inputs):
-            scale = snn.sites[f"{index:03d}_{kind}"].in_scale
+        def rescaled(name, kind, options, inputs):
+            scale = snn.sites[name].in_scale
             scale = 1.0 if scale is None else scale
             return snn_nn.ann_op(kind, options)(*[z * scale for z in inputs]) / scale
 

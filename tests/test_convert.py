@@ -86,8 +86,8 @@ def test_relu_scaling_identity():
     snn = sg.convert(model, variables, [x])
     assert [site.kind for site in snn.sites.values()] == ["relu", "relu"]
 
-    def scaled(index, kind, options, inputs):
-        p = snn.sites[f"{index:03d}_{kind}"]
+    def scaled(name, kind, options, inputs):
+        p = snn.sites[name]
         return jnp.maximum(inputs[0] * p.in_scale, 0) / p.in_scale
 
     ann = model.apply(variables, x)
@@ -105,7 +105,7 @@ def test_probe_records_offsets_of_affine_inputs():
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x])
     w, b = variables["params"]["hidden"]["kernel"], variables["params"]["hidden"]["bias"]
-    site = snn.sites["000_relu"]
+    site = snn.sites["000_relu@Tiny"]
     s = site.in_scale
     np.testing.assert_allclose(site.a0[0], b * s, rtol=1e-5)
     np.testing.assert_allclose(site.a1_plus_a0[0], (w.sum(0) + 2 * b) * s, rtol=1e-5)
@@ -124,7 +124,7 @@ def test_layer_norm_second_input_offset():
     model, x = LN(), jax.random.normal(jax.random.PRNGKey(3), (5, 4))
     variables = randomised(model.init(jax.random.PRNGKey(0), x))
     snn = sg.convert(model, variables, [x])
-    site = snn.sites["001_rsqrt_mul"]
+    site = snn.sites["001_rsqrt_mul@LN/LayerNorm_0"]
     np.testing.assert_allclose(site.a0[1], 1e-3, rtol=1e-5)
     np.testing.assert_allclose(site.a1_plus_a0[1], 1 + 2e-3, rtol=1e-5)
 
@@ -196,7 +196,6 @@ def _literal_signgd(snn, x, num_steps):
     spikes, ``x_t = x_{t-1} - eta_t (2 A(s_t) - A(1) - A(0))``, its output ``v`` in the units of
     the scaled neuron, and the decoder tracks the logits the same way."""
     from signgd_jax.dynamics import encode, fire, step_output, track_input
-    from signgd_jax.types import site_name
 
     sites = snn.sites
     xs = {n: [jnp.broadcast_to(a, (x.shape[0], *a.shape[1:])) for a in p.a0] for n, p in sites.items()}
@@ -206,8 +205,8 @@ def _literal_signgd(snn, x, num_steps):
     for eta in snn.schedule.step_sizes(num_steps):
         emitted, f = encode(snn.codec, f, x, eta, exact=snn.dynamics.name == "improved")
 
-        def on_site(index, kind, options, inputs):
-            name, p = site_name(index, kind), sites[site_name(index, kind)]
+        def on_site(name, kind, options, inputs):
+            p = sites[name]
             inputs = [z * p.in_scale for z in inputs] if p.in_scale is not None else inputs
             xs[name] = [track_input(a, z, o, eta) for a, z, o in zip(xs[name], inputs, p.a1_plus_a0)]
             represented = p.out_offset + p.out_scale * vs[name] if p.out_offset is not None else vs[name]

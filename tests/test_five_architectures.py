@@ -31,7 +31,7 @@ def test_smoke_run_with_range_penalty(tmp_path, mnist5k_dir, capsys):
     # one GELU neuron per token and hidden channel (49 tokens x 96 * 2), each spike reaching the
     # 96 outputs of fc2: synaptic operations = firing rate x neurons x 96
     layers = paper["spike_statistics"]["layers"]
-    assert sorted(layers) == [f"{i:03d}_gelu" for i in range(4)]
+    assert sorted(layers) == [f"{i:03d}_gelu@ResMLP/blocks_{i}/mlp" for i in range(4)]
     for layer in layers.values():
         assert layer["neurons"] == 49 * 96 * 2
         assert abs(layer["sops_per_image_step"] - layer["firing_rate"] * layer["neurons"] * 96) <= 1e-6 * layer["sops_per_image_step"]

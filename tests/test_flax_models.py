@@ -190,9 +190,9 @@ def nnx_twin(state, x):
 def site_kinds(apply_fn, variables, x):
     found = []
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         found.append((kind, tuple(sorted(options.items()))))
-        return interpret.ann_site(index, kind, options, inputs)
+        return interpret.ann_site(name, kind, options, inputs)
 
     out = interpret.evaluate(apply_fn, variables, x, on_site)
     return found, out
@@ -204,7 +204,7 @@ def tracked(apply_fn, variables, dynamics="paper"):
     mode: the ANN's own functions)."""
     target_of = sg.dynamics.get(dynamics).target_of
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         return target_of(kinds.get(kind))(*inputs, **options)
 
     return lambda z: interpret.evaluate(apply_fn, variables, z, on_site)

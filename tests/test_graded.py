@@ -148,10 +148,10 @@ def test_synaptic_operations_count_graded_events_as_additions():
     _, counts = sg.simulate(snn, x, (num_steps,), return_spike_counts=True)
     stats = metrics.spike_statistics(snn, counts, len(x), num_steps, x)
     fan = np.array([2, 1, 2])  # nonzero weights leaving each hidden neuron
-    expected = float(np.sum(np.asarray(counts["000_relu"]) * fan)) / (len(x) * num_steps)
+    expected = float(np.sum(np.asarray(counts["000_relu@Hand"]) * fan)) / (len(x) * num_steps)
     assert stats["sops_per_image_step"] == pytest.approx(expected, rel=1e-6)
     assert stats["bits_per_neuron_step"] == pytest.approx(np.log2(6))
-    assert stats["layers"]["000_relu"]["firing_rate"] <= 3
+    assert stats["layers"]["000_relu@Hand"]["firing_rate"] <= 3
     with pytest.raises(ValueError, match="at most 3"):
         metrics.spike_statistics(snn, counts, len(x), 1, x)  # counts of 6 steps said to be of 1
 

@@ -12,9 +12,9 @@ from signgd_jax import interpret
 def run_sites(fn, x):
     found = []
 
-    def on_site(index, kind, options, inputs):
-        found.append((index, kind, tuple(sorted(options.items()))))
-        return interpret.ann_site(index, kind, options, inputs)
+    def on_site(name, kind, options, inputs):
+        found.append((name, kind, tuple(sorted(options.items()))))
+        return interpret.ann_site(name, kind, options, inputs)
 
     outs, dyn = interpret.run(jax.make_jaxpr(fn)(x), [x], [True], on_site)
     np.testing.assert_allclose(outs[0], fn(x), rtol=1e-5, atol=1e-6)
@@ -42,13 +42,13 @@ def test_scan_indices_follow_evaluation_order():
     """The old interpreter ran a scan body once as a call: one relu site for three iterations."""
     found = []
 
-    def on_site(index, kind, options, inputs):
-        found.append(index)
-        return interpret.ann_site(index, kind, options, inputs)
+    def on_site(name, kind, options, inputs):
+        found.append(name)
+        return interpret.ann_site(name, kind, options, inputs)
 
     fn = lambda x: jax.lax.fori_loop(0, 3, lambda i, h: jax.nn.relu(h - 0.1), x)  # noqa: E731
     outs, _ = interpret.run(jax.make_jaxpr(fn)(X), [X], [True], on_site)
-    assert found == [0, 1, 2]
+    assert found == ["000_relu@0", "001_relu@1", "002_relu@2"]  # the loop index is a path component
     np.testing.assert_allclose(outs[0], fn(X), rtol=1e-6)
 
 

@@ -38,7 +38,7 @@ def hand_spike_counts(inputs, steps):
 def test_fan_out_counts_nonzero_synapses():
     snn = sg.convert(OneLayer(), VARIABLES, [IMAGES], dynamics="if")
     fan = metrics.fan_out(snn, IMAGES)
-    np.testing.assert_array_equal(fan["000_relu"], [2, 1, 0])
+    np.testing.assert_array_equal(fan["000_relu@OneLayer"], [2, 1, 0])
     np.testing.assert_array_equal(fan["input"], [1, 1, 1])
 
 
@@ -48,9 +48,9 @@ def test_spike_counts_and_synaptic_operations_match_hand_computation():
     logits, counts = sg.simulate(snn, IMAGES, (steps,), return_spike_counts=True)
     scaled = IMAGES / IMAGES.max(0)  # ReLU scaling by the calibrated per-unit maximum
     expected = hand_spike_counts(scaled, steps)
-    np.testing.assert_allclose(counts["000_relu"], expected.sum(0))
+    np.testing.assert_allclose(counts["000_relu@OneLayer"], expected.sum(0))
     stats = metrics.spike_statistics(snn, counts, num_images=2, num_steps=steps, sample=IMAGES)
-    layer = stats["layers"]["000_relu"]
+    layer = stats["layers"]["000_relu@OneLayer"]
     per_step = expected.sum(0) / (2 * steps)
     assert abs(layer["firing_rate"] - per_step.mean()) < 1e-6
     assert abs(layer["sops_per_image_step"] - (per_step * [2, 1, 0]).sum()) < 1e-6

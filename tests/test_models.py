@@ -105,8 +105,8 @@ def test_small_model_forward(name, shape):
 
 # ----------------------------------------------------------------------------- through the converter
 def _site_counts(snn) -> dict:
-    """``{kind: number of sites}`` of a converted network (site names are ``"{index:03d}_{kind}"``)."""
-    return dict(collections.Counter(name.split("_", 1)[1] for name in snn.sites))
+    """``{kind: number of sites}`` of a converted network."""
+    return dict(collections.Counter(site.kind for site in snn.sites.values()))
 
 
 def _layer_norms(count):

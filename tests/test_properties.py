@@ -466,7 +466,7 @@ def run_case(case):
     assume(first_tie > 2)
     snn = sg.convert(model_of(case["net"], case["kind"]), params, [images], dynamics=case["mode"],
                      codec=case["codec"], eta0=case["eta0"], gamma=case["gamma"])
-    assert [name.split("_", 1)[1] for name in snn.sites] == [kind for kind, _ in expected_counts]
+    assert [site.kind for site in snn.sites.values()] == [kind for kind, _ in expected_counts]
     out, counts = sg.simulate(snn, images, range(1, num_steps + 1), return_spike_counts=True)
     out = np.asarray(out, np.float64)
     assert out.shape == expected.shape

@@ -36,9 +36,9 @@ def sites_of(fn, x=X, rtol=2e-5):
     evaluating them as the ANN does gives ``fn(x)``."""
     found = []
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         found.append((kind, tuple(sorted(options.items()))))
-        return interpret.ann_site(index, kind, options, inputs)
+        return interpret.ann_site(name, kind, options, inputs)
 
     outs, _ = interpret.run(jax.make_jaxpr(fn)(x), [x], [True], on_site)
     expected = fn(x)

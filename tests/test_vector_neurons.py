@@ -125,9 +125,9 @@ def _sites_of(fn, x, variables=None):
     variables = {} if variables is None else variables
     seen = []
 
-    def on_site(index, kind, options, inputs):
+    def on_site(name, kind, options, inputs):
         seen.append((kind, dict(options), [tuple(np.shape(v)) for v in inputs]))
-        return interpret.ann_site(index, kind, options, inputs)
+        return interpret.ann_site(name, kind, options, inputs)
 
     out = interpret.evaluate(lambda v, x: fn(v, x), variables, x, on_site)
     np.testing.assert_allclose(out, fn(variables, x), rtol=1e-5, atol=1e-6)
@@ -217,7 +217,7 @@ def test_attention_block_converts_and_approaches_its_ann(block):
     snn = sg.convert(model, variables, [x], "improved")
     assert [s.kind for s in snn.sites.values()] == ["layer_norm", "bilinear", "softmax", "bilinear",
                                                     "layer_norm", "gelu"]
-    assert snn.sites["001_bilinear"].a0[0].shape == (1, 6, 2, 8)
+    assert snn.sites["001_bilinear@AttentionBlock"].a0[0].shape == (1, 6, 2, 8)
     ann = model.apply(variables, x)
     out = sg.simulate(snn, x, (8, 32, 256))
     errors = [float(jnp.abs(o - ann).max()) for o in out]
@@ -227,7 +227,7 @@ def test_attention_block_converts_and_approaches_its_ann(block):
     assert errors[2] <= 1e-4 * scale + 1e-5, errors
     # a wrong target (e.g. a softmax along the wrong axis) would leave a visible gap
     wrong = dict(snn.sites)
-    wrong["002_softmax"] = wrong["002_softmax"].replace(options=(("axis", (-2,)),))
+    wrong["002_softmax@AttentionBlock"] = wrong["002_softmax@AttentionBlock"].replace(options=(("axis", (-2,)),))
     far = sg.simulate(snn.replace(sites=wrong), x, (256,))[0]
     assert float(jnp.abs(far - ann).max()) > 100 * errors[2] + 1e-3
 

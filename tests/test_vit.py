@@ -142,7 +142,7 @@ def test_vit_mini_converts_in_improved_mode_and_approaches_its_ann():
     assert site_kinds.count("bilinear") == 6 and site_kinds.count("softmax") == 3
     assert site_kinds.count("layer_norm") == 7 and site_kinds.count("gelu") == 3
     # the attention scores' state: heads x tokens x tokens per image, as the ANN's activation
-    assert snn.sites["001_bilinear"].out_offset.shape == (1, 4, 50, 50)
+    assert snn.sites["001_bilinear@VisionTransformer/blocks_0/attention"].out_offset.shape == (1, 4, 50, 50)
     ann = jax.jit(model.apply)(variables, x)
     out = sg.simulate(snn, x, (16, 256))
     errors = [float(jnp.abs(o - ann).max()) for o in out]
@@ -163,4 +163,4 @@ def test_vit_mini_decomposed_for_paper_mode_computes_the_same_function():
     assert [s.kind for s in snn.sites.values()] == ["square", "rsqrt_mul", "product", "exp", "divide", "product",
                                                     "square", "rsqrt_mul", "gelu", "square", "rsqrt_mul"]
     # the reference decomposition's state: one product neuron per (query, key, head, channel)
-    assert snn.sites["002_product"].a0[0].shape == (1, 50, 50, 4, 16)
+    assert snn.sites["002_product@VisionTransformer/blocks_0/attention"].a0[0].shape == (1, 50, 50, 4, 16)

@@ -42,8 +42,8 @@ def tracked_ann(snn, x, reach=None):
     (or always fires) and sits exactly at ``+-S_T``, so the target is clipped there, in the
     neuron's own units (a ReLU's after its ``1/m`` scaling).
     """
-    def on_site(index, kind, options, inputs):
-        params = snn.sites[f"{index:03d}_{kind}"]
+    def on_site(name, kind, options, inputs):
+        params = snn.sites[name]
         scale = 1.0 if params.in_scale is None else params.in_scale
         if kind in snn_nn.UNARY_KINDS:
             out = dynamics.target(kind, inputs[0] * scale, options)
@@ -70,8 +70,8 @@ def test_porting_identities(name):
     # ReLU scaling: relu(z) = relu(z * s) / s with the calibrated s
     snn = sg.convert(model, variables, [x])
 
-    def rescaled(index, kind, options, inputs):
-        p = snn.sites[f"{index:03d}_{kind}"]
+    def rescaled(name, kind, options, inputs):
+        p = snn.sites[name]
         if kind == "relu":
             return jnp.maximum(inputs[0] * p.in_scale, 0) / p.in_scale
         return snn_nn.ann_op(kind, options)(*inputs)
