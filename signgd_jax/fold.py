@@ -34,8 +34,8 @@ def _find_pairs(apply_fn, variables, sample):
                     pairs.append((producer.path, module.path, module.epsilon))
         return out
 
-    with nn.intercept_methods(record):
-        jax.eval_shape(apply_fn, variables, sample[:1])
+    with nn.intercept_methods(record):  # a new function object: JAX's trace cache would skip `record`
+        jax.eval_shape(lambda v, x: apply_fn(v, x), variables, sample[:1])
     return pairs
 
 

@@ -163,3 +163,23 @@ def test_timesteps_is_the_one_name_and_the_old_one_warns():
     np.testing.assert_array_equal(new, old)
     with pytest.raises(ValueError, match="timesteps must be positive integers"):
         sg.simulate(snn, x, timesteps=(0, 4))
+
+
+class _ConvBatchNorm(fnn.Module):
+    @fnn.compact
+    def __call__(self, x, train=False):
+        x = fnn.BatchNorm(use_running_average=not train)(fnn.Conv(4, (3, 3), use_bias=False)(x))
+        return fnn.Dense(3)(relu(x).reshape(x.shape[0], -1))
+
+
+def test_a_second_conversion_of_the_same_model_folds_its_batch_norm_too():
+    """BatchNorm folding finds its pairs by watching the modules run while the model is traced;
+    JAX's trace cache must not skip that watch on a second conversion (it did: the second SNN kept
+    the BatchNorm as a separate affine step, more MACs in the energy than the first)."""
+    model = _ConvBatchNorm()
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 1))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    first, second = (sg.convert(model, variables, [x], dynamics=d) for d in ("paper", "improved"))
+    for snn in (first, second):
+        assert "scale" not in snn.variables["params"]["BatchNorm_0"], "BatchNorm left unfolded"
+    assert metrics.ann_macs(first, x) == metrics.ann_macs(second, x)
