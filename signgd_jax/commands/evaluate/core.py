@@ -7,6 +7,7 @@ Bad input raises :class:`ConvertError` (a one-line message) before anything is w
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import platform
@@ -14,7 +15,6 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import signgd_jax
@@ -136,29 +136,61 @@ def machine_info() -> dict:
 # ----------------------------------------------------------------------------- evaluation
 
 
+IN_FLIGHT = 2  # batches dispatched to the devices before the oldest one's tallies are read back
+
+
 def _resumable(store: Optional[ProgressStore], name: str, test_ds, batch_size: int, desc: str, progress: bool,
-               update: Callable, dp: DataParallel) -> tuple[dict, int]:
-    """Folds ``update(sums, batch_index, images, labels, n_real) -> sums`` over the padded test
-    batches, after those ``store`` already holds; returns ``(sums, batches resumed)``. The sums
-    are saved as it goes and on Ctrl-C, so a rerun continues where this one stopped."""
+               tally: Callable, dp: DataParallel) -> tuple[dict, int]:
+    """Sums ``tally(batch_index, images, labels, n_real) -> {name: device array}`` over the padded
+    test batches, after those ``store`` already holds; returns ``(sums, batches resumed)``: host
+    arrays, int64 for integer tallies and float64 for the others. The sums are saved as it goes
+    and on Ctrl-C, so a rerun continues where this one stopped.
+
+    No host round trip between batches: a batch's tallies are read back only once
+    :data:`IN_FLIGHT` later batches have been dispatched, so the host reads, decodes and places
+    the next batches while the devices compute; the sums are the same, in the same order."""
     done, sums = store.load(name) if store else (0, {})
     n = len(test_ds)
-    completed = done
+    completed, pending = done, collections.deque()
+
+    def settle(bar):  # the oldest dispatched batch into the sums (left pending if interrupted)
+        nonlocal sums, completed
+        i, k, tallies = pending[0]
+        sums = {**sums, **{key: sums.get(key, 0) + _host_sum(dp.to_host(value)) for key, value in tallies.items()}}
+        completed = i + 1
+        pending.popleft()
+        if store:
+            store.save(name, completed, sums)
+        bar.update(k)
+
     with progress_bar(n, desc, "img", progress, initial=min(done * batch_size, n)) as bar:
         try:
             for i, (images, labels, k) in enumerate(dp.padded_batches(test_ds, batch_size, first=done), start=done):
-                sums = update(sums, i, images, labels, k)
-                completed = i + 1
-                if store:
-                    store.save(name, completed, sums)
-                bar.update(k)
+                tallies = tally(i, images, labels, k)
+                for value in tallies.values():
+                    if getattr(value, "is_fully_addressable", False):
+                        value.copy_to_host_async()
+                pending.append((i, k, tallies))
+                if len(pending) > IN_FLIGHT:
+                    settle(bar)
+            while pending:
+                settle(bar)
         except KeyboardInterrupt:
+            try:  # the batches already dispatched count: wait for them
+                while pending:
+                    settle(bar)
+            except KeyboardInterrupt:
+                pass
             if store:
                 store.save(name, completed, sums, force=True)
             raise
     if store:
         store.save(name, completed, sums, force=True)
     return sums, done
+
+
+def _host_sum(value: np.ndarray) -> np.ndarray:
+    return value.astype(np.int64 if np.issubdtype(value.dtype, np.integer) else np.float64)
 
 
 def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, progress: bool,
@@ -169,12 +201,11 @@ def evaluate_ann(model, variables, test_ds, batch_size: int, dp: DataParallel, p
     predict = jax.jit(lambda v, x: predict_class(apply_fn(v, x), classes))
     variables = dp.replicate(variables)
 
-    def update(sums, i, images, labels, k):  # runs over every test image before any simulation
+    def tally(i, images, labels, k):  # runs over every test image before any simulation
         check_finite(images[:k], f"test batch {i} (batch size {batch_size}) of {test_ds.name}")
-        correct = dp.count_correct(predict(variables, dp.shard(images)), labels)  # pads: label -1
-        return dict(correct=sums.get("correct", 0) + correct)
+        return dict(correct=dp.count_correct(predict(variables, dp.shard(images)), labels))  # pads: label -1
 
-    sums, _ = _resumable(store, "ann", test_ds, batch_size, "ANN", progress, update, dp)
+    sums, _ = _resumable(store, "ann", test_ds, batch_size, "ANN", progress, tally, dp)
     return int(sums["correct"])
 
 
@@ -195,17 +226,14 @@ def evaluate_snn(snn, test_ds, batch_size: int, timesteps: tuple, dp: DataParall
     replicated = dp.replicate(snn)
     base_key = jax.random.PRNGKey(seed)
 
-    def update(sums, i, images, labels, k):
+    def tally(i, images, labels, k):
         logits, batch_counts = signgd_jax.simulate(replicated, dp.shard(images), timesteps=timesteps,
                                                    key=jax.random.fold_in(base_key, i),
                                                    return_spike_counts=True, dtype=dtype)
         correct = dp.count_correct(predict_class(logits, classes), labels)  # [len(timesteps)]; pads: label -1
-        out = dict(correct=sums.get("correct", 0) + correct)
-        for name, c in batch_counts.items():
-            out[_COUNT + name] = sums.get(_COUNT + name, 0.0) + dp.to_host(c).astype(np.float64)
-        return out
+        return dict(correct=correct, **{_COUNT + name: c for name, c in batch_counts.items()})
 
-    sums, resumed = _resumable(store, desc, test_ds, batch_size, desc, progress, update, dp)
+    sums, resumed = _resumable(store, desc, test_ds, batch_size, desc, progress, tally, dp)
     correct = sums["correct"].astype(np.int64)
     counts = {k[len(_COUNT):]: v for k, v in sums.items() if k.startswith(_COUNT)}
     pad_rows = -len(test_ds) % batch_size  # zero images in the last batch

@@ -108,11 +108,12 @@ class DataParallel:
             self.batch_sharding, np.asarray(x), (len(x) * self.size // self.local_block[1], *np.shape(x)[1:])),
             batch)
 
-    def count_correct(self, predictions, labels) -> np.ndarray:
+    def count_correct(self, predictions, labels) -> jax.Array:
         """How many ``predictions`` (``[..., batch]`` class indices, sharded) equal ``labels``
-        (this process's rows, or the batch), summed over the batch on the devices: int64
-        ``[...]``, the same on every process. Padding rows carry label -1 and never count."""
-        return np.asarray(self._count(predictions, self.shard(np.asarray(labels, np.int32)))).astype(np.int64)
+        (this process's rows, or the batch), summed over the batch on the devices: int32
+        ``[...]``, replicated (:meth:`to_host` reads it back, the same on every process).
+        Padding rows carry label -1 and never count."""
+        return self._count(predictions, self.shard(np.asarray(labels, np.int32)))
 
     @functools.cached_property
     def _count(self):
