@@ -72,8 +72,9 @@ batch a pure function of ``(seed, epoch, batch index)``, so a run can be resumed
 ``start=k`` and see exactly the batches it would have seen, whatever the number of workers;
 ``rows=(lo, hi)`` (:func:`process_rows` in a multi-process run) reads only a process's rows of
 every batch, the same rows the single-process batch holds there (:mod:`signgd_jax.loader`).
-Worker processes are started with the ``spawn`` method: a script that asks for them needs the
-usual ``if __name__ == "__main__":`` guard around its entry point.
+Worker processes are started with the ``spawn`` method, which runs the script again: a script
+needs the usual ``if __name__ == "__main__":`` guard around its entry point to use them (without
+one the loader warns and reads in the calling process).
 """
 from __future__ import annotations
 

@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import sys
+import warnings
 from typing import Iterator, Optional
 
 import numpy as np
@@ -179,11 +182,32 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _unguarded_script() -> Optional[str]:
+    """The path of the running script when it has no ``if __name__ == "__main__":`` guard (a
+    worker started with ``spawn`` would run it again, and die while starting); else None
+    (a guarded script, ``python -m``, a notebook or a REPL)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py") or os.path.basename(path) == "__main__.py":
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return None
+    return None if re.search(r"""__name__\s*==\s*['"]__main__['"]""", source) else path
+
+
 def _run(ds, plan: list, augment, pad_to, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     import grain
 
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
+    script = _unguarded_script() if workers else None
+    if script:
+        warnings.warn(f"{script} has no `if __name__ == \"__main__\":` guard, which worker processes need "
+                      f"(they start by running the script again): reading the data in this process instead",
+                      stacklevel=3)
+        workers = 0
     # num_threads=0: no reader threads (a batch is computed when asked for, in the caller's
     # process or in a worker); the workers are the parallelism.
     pipeline = grain.MapDataset.source(plan).map(_Load(ds, augment, pad_to)).to_iter_dataset(

@@ -4,6 +4,8 @@ together are the single-process batches)."""
 import importlib.util
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -170,6 +172,27 @@ def test_workers_give_the_batches_of_this_process(photo_dir):
         assert type(c) is np.ndarray and c.dtype == np.float32
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
+
+
+UNGUARDED_SCRIPT = """from signgd_jax import data
+ds = data.load("mnist5k", "test", data_dir=DATA_DIR).take(96)
+print("images", sum(len(labels) for _, labels in data.batches(ds, 32, workers=2)))
+"""
+
+
+def test_a_script_without_a_main_guard_reads_in_its_own_process(mnist5k_dir, tmp_path):
+    """Spawned workers run the script again; without ``if __name__ == "__main__":`` they would die
+    while starting (grain then stops with an unexplained "terminated unexpectedly"). The loader
+    says why in one warning and reads the batches in the calling process instead."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"DATA_DIR = {mnist5k_dir!r}\n" + UNGUARDED_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "SIGNGD_DATA_WORKERS"}
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "images 96"
+    assert f'{script} has no `if __name__ == "__main__":` guard' in run.stderr
+    assert "terminated unexpectedly" not in run.stderr
 
 
 # ----------------------------------------------------------------------------- per-process rows
