@@ -68,7 +68,7 @@ def evaluate(snn: SNN, batches, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 
     snn = check_snn(snn)
     timesteps = check_timesteps(timesteps)
     classes = check_classes(classes)
-    runs = _runs(snn, timesteps, schedule)
+    runs = [(snn, timesteps)] if schedule is None else schedule.runs(snn, timesteps)
     ann = jax.jit(lambda v, x: interpret.evaluate(snn.apply_fn, v, x, interpret.ann_site))
     correct, totals = {t: 0 for t in timesteps}, [None] * len(runs)
     ann_correct, n, sample = 0, 0, None
@@ -93,20 +93,3 @@ def evaluate(snn: SNN, batches, timesteps: Sequence[int] = (1, 2, 4, 8, 16, 32, 
                   dynamics=snn.dynamics.label + (" tuned" if schedule is not None else ""),
                   bits_per_neuron_step=snn.dynamics.bits_per_step,
                   schedule=None if schedule is None else schedule.as_dict())
-
-
-def _runs(snn: SNN, timesteps: tuple, schedule) -> list:
-    """``[(SNN, its T's)]``: the SNN itself for every T, or one SNN per tuned schedule."""
-    if schedule is None:
-        return [(snn, timesteps)]
-    untuned = [t for t in timesteps if t not in schedule.timesteps]
-    if untuned:
-        raise ValueError(f"the schedule was tuned for T in {list(schedule.timesteps)}, not for {untuned}; "
-                         f"tune every T you evaluate")
-    runs = []
-    for (eta0, gamma, levels), tuned_ts in schedule.groups().items():
-        ts = tuple(t for t in timesteps if t in tuned_ts)
-        if ts:
-            run = snn.with_schedule(eta0=eta0, gamma=gamma)
-            runs.append((run if levels is None else run.with_spike_levels(levels), ts))
-    return runs

@@ -77,6 +77,22 @@ class ScheduleChoice:
             out.setdefault((e, g, self.levels(t)), []).append(t)
         return {k: tuple(v) for k, v in out.items()}
 
+    def runs(self, snn: SNN, timesteps: Optional[Sequence[int]] = None) -> list:
+        """``[(SNN, its T's)]``: ``snn`` under each chosen schedule (and K), with the T's of
+        ``timesteps`` (default: every tuned T) it serves; ValueError (one line) for a T not tuned."""
+        timesteps = self.timesteps if timesteps is None else tuple(timesteps)
+        untuned = [t for t in timesteps if t not in self.timesteps]
+        if untuned:
+            raise ValueError(f"the schedule was tuned for T in {list(self.timesteps)}, not for {untuned}; "
+                             f"tune every T you evaluate")
+        out = []
+        for (eta0, gamma, levels), tuned_ts in self.groups().items():
+            ts = tuple(t for t in timesteps if t in tuned_ts)
+            if ts:
+                run = snn.with_schedule(eta0=eta0, gamma=gamma)
+                out.append((run if levels is None else run.with_spike_levels(levels), ts))
+        return out
+
     def as_dict(self) -> dict:
         """``{"T": {eta0, gamma, agreement, logit_error}}`` for JSON (None where not scored)."""
         def number(v):
@@ -163,9 +179,8 @@ def simulate_tuned(snn: SNN, choice: ScheduleChoice, images, **kwargs):
     (one :func:`signgd_jax.simulate` run per distinct schedule, up to the largest T it serves).
     ``kwargs`` go to ``simulate`` (``key``, ``dtype``)."""
     out = [None] * len(choice.timesteps)
-    for (e, g, k), ts in choice.groups().items():
-        tuned = snn.with_schedule(eta0=e, gamma=g)
-        logits = simulate(tuned if k is None else tuned.with_spike_levels(k), images, timesteps=ts, **kwargs)
+    for tuned, ts in choice.runs(snn):
+        logits = simulate(tuned, images, timesteps=ts, **kwargs)
         for t, row in zip(ts, logits):
             out[choice.timesteps.index(t)] = row
     return jax.numpy.stack(out)

@@ -255,10 +255,10 @@ def evaluate_tuned(snn, choice, test_ds, batch_size: int, timesteps: tuple, dp: 
         return evaluate_snn(snn, test_ds, batch_size, timesteps, dp, progress, desc, **kwargs)
     correct = np.zeros(len(timesteps), np.int64)
     counts, resumed = {}, 0
-    for (e, g, k), ts in choice.groups().items():
-        tuned = snn.with_schedule(eta0=e, gamma=g)
-        c, batch_counts, r = evaluate_snn(tuned if k is None else tuned.with_spike_levels(k), test_ds, batch_size,
-                                          ts, dp, progress, f"{desc} (eta0 {e:g}, gamma {g:.4f})", **kwargs)
+    for tuned, ts in choice.runs(snn, timesteps):
+        c, batch_counts, r = evaluate_snn(tuned, test_ds, batch_size, ts, dp, progress,
+                                          f"{desc} (eta0 {tuned.schedule.eta0:g}, gamma {tuned.schedule.gamma:.4f})",
+                                          **kwargs)
         for t, value in zip(ts, c):
             correct[timesteps.index(t)] = value
         if max(timesteps) in ts:
