@@ -68,11 +68,11 @@ def _main(argv):
 
 
 class ImageNetStandIn:
-    """imagenet2012 replaced by six small random RGB images of different sizes (both splits);
-    labels settable, so the test can know how many the ANN gets right."""
+    """A dataset (every split) replaced by six small random RGB images of different sizes (drawn
+    with ``seed``); labels settable, so a test can know how many the ANN gets right."""
 
-    def __init__(self):
-        rng = np.random.default_rng(0)
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
         sizes = [(40, 52), (33, 33), (64, 48), (20, 71), (45, 30), (37, 60)]
         self.images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
         self.labels = [0] * len(sizes)

@@ -266,18 +266,11 @@ def tiny(num_classes):
 '''
 
 
-class PhotoStandIn:
-    """Every dataset replaced by six random RGB photos of different sizes (all splits); labels
-    settable, so a test can know how many the ANN gets right."""
+def photo_stand_in():
+    """test_cli_pretrained's stand-in photos (every dataset and split), drawn with seed 1."""
+    from test_cli_pretrained import ImageNetStandIn
 
-    def __init__(self):
-        rng = np.random.default_rng(1)
-        sizes = [(40, 52), (33, 33), (64, 48), (20, 71), (45, 30), (37, 60)]
-        self.images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-        self.labels = [0] * len(sizes)
-
-    def __call__(self, *args, **kwargs):  # patched over DatasetBuilder.as_data_source (unbound)
-        return [dict(image=im, label=int(lab)) for im, lab in zip(self.images, self.labels)]
+    return ImageNetStandIn(seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +283,7 @@ def imagenet_workdir(tmp_path_factory):
     (root / f"{TINY_MODULE}.py").write_text(TINY_SOURCE)
     sys.path.insert(0, str(root))
     try:
-        class_999 = PhotoStandIn()
+        class_999 = photo_stand_in()
         class_999.labels = [999] * len(class_999.labels)
         with tfds.testing.mock_data(as_data_source_fn=class_999):
             train.run(train.TrainConfig(model=f"{TINY_MODULE}:tiny", workdir=str(root / "run"), dataset="imagenet2012",
@@ -306,7 +299,7 @@ def test_convert_on_imagenette_scores_an_imagenet_model_over_its_10_classes(imag
     from signgd_jax.commands import train
     from signgd_jax.commands.evaluate.cli import main
 
-    root, stand_in = imagenet_workdir, PhotoStandIn()
+    stand_in = photo_stand_in()
     data_dir, workdir = str(imagenet_workdir / "tfds"), imagenet_workdir / "run"
     model, variables, config = train.load_trained(str(workdir))
     assert config["num_classes"] == 1000
@@ -349,7 +342,7 @@ def test_convert_on_imagenet_v2_calibrates_on_imagenet_training_images(imagenet_
     load = data.load
     monkeypatch.setattr(data, "load", lambda name, split, *a, **k: opened.append((name, split)) or
                         load(name, split, *a, **k))
-    with tfds.testing.mock_data(as_data_source_fn=PhotoStandIn()):
+    with tfds.testing.mock_data(as_data_source_fn=photo_stand_in()):
         assert main(["--workdir", str(imagenet_workdir / "run"), "--dataset", "imagenet_v2", "--data-dir",
                      str(imagenet_workdir / "tfds"), "--limit", "2", "--calibration-batches", "1",
                      "--calibration-batch-size", "2", "--timesteps", "1", "--dynamics", "improved",
